@@ -1,0 +1,175 @@
+"""Blocked, memory-bounded pairwise logsumexp in plain torch (CPU and CUDA).
+
+Forward: for each tile of rows of x, stream tiles of y past it; each tile's scores come from
+one batched GEMM and are folded into a running (max, rescaled sum) per row, so no N x M matrix
+ever exists. Backward recomputes each tile's scores (as flash-attention does) and accumulates
+the four gradients with two more GEMMs per tile. Memory: O((N + M) D + tile).
+
+Gaussian tiles use the expansion ``-||x - y||^2 / (2 s^2) = x.y / s^2 - |y|^2/(2 s^2)
+- |x|^2 / (2 s^2)``: the last term is constant along a row, so it is added after the
+reduction and a tile costs one GEMM (with the column bias fused) plus one exp per pair.
+The caller centres x and y on the mean of y so the expansion does not lose precision on data
+far from the origin.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from genmod.ops import _tiles
+from genmod.ops.profiles import d_log_profile, log_profile
+
+__all__ = ["BlockedPairwiseLSE", "DIRECT_MAX_DIM"]
+
+# Up to this many dimensions tiles are built from explicit differences (D passes over the
+# tile): the GEMM expansion's absolute error, about eps * (|x|^2 + |y|^2) / (2 s^2) nats,
+# matters most in low dimensions, where neighbours are close and |out| is small.
+DIRECT_MAX_DIM = 4
+
+
+def _expanded(kernel: str, dim: int) -> bool:
+    return kernel == "gaussian" and dim > DIRECT_MAX_DIM
+
+
+def _tile_scores(
+    xb: Tensor, yb: Tensor, bias: Tensor, x2: Tensor, y2: Tensor, inv_s2: Tensor, kernel: str
+) -> tuple[Tensor, Tensor | None]:
+    """Scores of one tile ``[b, n, m]`` and, on the general path, ``r2 = |x - y|^2 / s^2``.
+
+    On the expanded gaussian path (``_expanded``) the scores omit the row constant
+    ``-|x|^2 / (2 s^2)`` and ``bias`` is ``lw - |y|^2 / (2 s^2)``; otherwise ``bias = lw``.
+    """
+    if _expanded(kernel, xb.shape[-1]):
+        return torch.baddbmm(bias.unsqueeze(1), xb * inv_s2, yb.transpose(1, 2)), None
+    if xb.shape[-1] <= DIRECT_MAX_DIM:
+        # Few dimensions: explicit differences are cheap and free of cancellation.
+        r2 = (xb[..., 0].unsqueeze(2) - yb[..., 0].unsqueeze(1)).square_()
+        for d in range(1, xb.shape[-1]):
+            r2 += (xb[..., d].unsqueeze(2) - yb[..., d].unsqueeze(1)).square_()
+    else:
+        r2 = torch.baddbmm(x2.unsqueeze(2) + y2.unsqueeze(1), xb, yb.transpose(1, 2), alpha=-2.0)
+        r2.clamp_min_(0.0)
+    r2.mul_(inv_s2)
+    return log_profile(r2, kernel).add_(bias.unsqueeze(1)), r2
+
+
+def _mask_excluded(scores: Tensor, ex: Tensor | None, j0: int) -> None:
+    """Set ``scores[b, i, ex[b, i] - j0] = -inf`` where that column lies in the tile."""
+    if ex is None:
+        return
+    col = ex - j0
+    hit = (col >= 0) & (col < scores.shape[2])
+    if bool(hit.any()):
+        b_idx, i_idx = hit.nonzero(as_tuple=True)
+        scores[b_idx, i_idx, col[b_idx, i_idx]] = -math.inf
+
+
+class BlockedPairwiseLSE(torch.autograd.Function):
+    """``out[b, i] = logsumexp_j (lw[b, j] + log k(|x[b,i] - y[b,j]|^2 / s^2))`` in tiles."""
+
+    @staticmethod
+    def forward(ctx, x, y, scale, lw, exclude, kernel):  # noqa: D102
+        B, N, _ = x.shape
+        M = y.shape[1]
+        inv_s2 = scale.reciprocal().square()
+        x2 = x.square().sum(-1)
+        y2 = y.square().sum(-1)
+        lw_ = torch.zeros(B, M, dtype=x.dtype, device=x.device) if lw is None else lw
+        expanded = _expanded(kernel, x.shape[-1])
+        bias = lw_ - 0.5 * inv_s2 * y2 if expanded else lw_
+        out = torch.empty(B, N, dtype=x.dtype, device=x.device)
+        tb, tn, tm = _tiles.tile_shape(B, N, M, x.element_size(), x.device)
+        for b0 in range(0, B, tb):
+            b1 = min(B, b0 + tb)
+            for i0 in range(0, N, tn):
+                i1 = min(N, i0 + tn)
+                ex = None if exclude is None else exclude[b0:b1, i0:i1]
+                m = torch.full((b1 - b0, i1 - i0), -math.inf, dtype=x.dtype, device=x.device)
+                s = torch.zeros_like(m)
+                for j0 in range(0, M, tm):
+                    j1 = min(M, j0 + tm)
+                    sc, _ = _tile_scores(
+                        x[b0:b1, i0:i1], y[b0:b1, j0:j1], bias[b0:b1, j0:j1],
+                        x2[b0:b1, i0:i1], y2[b0:b1, j0:j1], inv_s2, kernel,
+                    )  # fmt: skip
+                    _mask_excluded(sc, ex, j0)
+                    m, s = _tiles.online_lse_update(sc, m, s)
+                out[b0:b1, i0:i1] = _tiles.finish_lse(m, s)
+        if expanded:
+            out -= 0.5 * inv_s2 * x2
+        ctx.save_for_backward(x, y, scale, lw, exclude, out)
+        ctx.kernel = kernel
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        x, y, scale, lw, exclude, out = ctx.saved_tensors
+        kernel = ctx.kernel
+        need_x, need_y, need_s, need_w = ctx.needs_input_grad[:4]
+        B, N, _ = x.shape
+        M = y.shape[1]
+        inv_s2 = scale.reciprocal().square()
+        x2 = x.square().sum(-1)
+        y2 = y.square().sum(-1)
+        lw_ = torch.zeros(B, M, dtype=x.dtype, device=x.device) if lw is None else lw
+        expanded = _expanded(kernel, x.shape[-1])
+        bias = lw_ - 0.5 * inv_s2 * y2 if expanded else lw_
+        # Reference for p = exp(score - out): +inf where out = -inf so that p = 0 there.
+        ref = out + 0.5 * inv_s2 * x2 if expanded else out
+        ref = ref.masked_fill(out == -math.inf, math.inf)
+        g = grad_out.to(x.dtype)
+        gx = torch.zeros_like(x) if need_x else None
+        gy = torch.zeros_like(y) if need_y else None
+        gw = torch.zeros(B, M, dtype=x.dtype, device=x.device) if need_w else None
+        gs = torch.zeros((), dtype=x.dtype, device=x.device)
+        tb, tn, tm = _tiles.tile_shape(B, N, M, x.element_size(), x.device, backward=True)
+        for b0 in range(0, B, tb):
+            b1 = min(B, b0 + tb)
+            for i0 in range(0, N, tn):
+                i1 = min(N, i0 + tn)
+                xb = x[b0:b1, i0:i1]
+                ex = None if exclude is None else exclude[b0:b1, i0:i1]
+                for j0 in range(0, M, tm):
+                    j1 = min(M, j0 + tm)
+                    yb = y[b0:b1, j0:j1]
+                    sc, r2 = _tile_scores(
+                        xb, yb, bias[b0:b1, j0:j1], x2[b0:b1, i0:i1], y2[b0:b1, j0:j1],
+                        inv_s2, kernel,
+                    )  # fmt: skip
+                    _mask_excluded(sc, ex, j0)
+                    # P[b, i, j] = g_i * p_ij: the weight of pair (i, j) in every gradient.
+                    p = sc.sub_(ref[b0:b1, i0:i1].unsqueeze(2)).exp_()
+                    p.mul_(g[b0:b1, i0:i1].unsqueeze(2))
+                    if gw is not None:
+                        gw[b0:b1, j0:j1] += p.sum(1)
+                    if not (need_x or need_y or need_s):
+                        continue
+                    # C = P * d log k / d r2; d r2 / d x_i = 2 (x_i - y_j) / s^2.
+                    if kernel == "gaussian":
+                        c = p.mul_(-0.5)
+                    else:
+                        c = p.mul_(d_log_profile(r2, kernel)).nan_to_num_(0.0, 0.0, 0.0)
+                    row_c = c.sum(2)
+                    col_c = c.sum(1)
+                    cy = torch.bmm(c, yb)
+                    if gx is not None:
+                        gx[b0:b1, i0:i1] += (2.0 * inv_s2) * (row_c.unsqueeze(2) * xb - cy)
+                    if gy is not None:
+                        cx = torch.bmm(c.transpose(1, 2), xb)
+                        gy[b0:b1, j0:j1] += (2.0 * inv_s2) * (col_c.unsqueeze(2) * yb - cx)
+                    if need_s and r2 is not None:
+                        gs += (c * r2).sum() / inv_s2
+                    elif need_s:
+                        # sum_ij C_ij |x_i - y_j|^2, expanded so the tile is not re-read.
+                        d2c = (
+                            (row_c * x2[b0:b1, i0:i1]).sum()
+                            + (col_c * y2[b0:b1, j0:j1]).sum()
+                            - 2.0 * (cy * xb).sum()
+                        )
+                        gs += d2c
+        # d r2 / d s = -2 r2 / s  =>  grad_s = sum_ij C_ij * (-2 |x_i - y_j|^2 / s^3).
+        grad_s = (-2.0 * gs * inv_s2 / scale).reshape(scale.shape) if need_s else None
+        return gx, gy, grad_s, gw, None, None

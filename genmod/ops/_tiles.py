@@ -1,0 +1,88 @@
+"""Tile sizing from a memory budget, and the online logsumexp reduction of one tile."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+from torch import Tensor
+
+__all__ = ["tile_budget_bytes", "set_tile_budget", "tile_shape", "online_lse_update", "finish_lse"]
+
+_BUDGET_OVERRIDE: int | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_cache_bytes() -> int:
+    """The per-core L2 cache size from sysfs (Linux), else 1 MiB."""
+    for idx in range(4):
+        base = f"/sys/devices/system/cpu/cpu0/cache/index{idx}"
+        try:
+            with open(f"{base}/level") as f:
+                level = int(f.read())
+            with open(f"{base}/size") as f:
+                text = f.read().strip().upper()
+        except (OSError, ValueError):
+            continue
+        if level == 2:
+            mult = {"K": 1024, "M": 1024**2}.get(text[-1], 1)
+            return int(text.rstrip("KM")) * mult
+    return 1 << 20
+
+
+def tile_budget_bytes(device: torch.device) -> int:
+    """Bytes one score tile may use: the L2 cache on CPU (the tile is produced and consumed
+    while hot), 1/16 of free memory capped at 256 MiB on CUDA; overridable by
+    :func:`set_tile_budget` or the ``GENMOD_TILE_BYTES`` environment variable."""
+    if _BUDGET_OVERRIDE is not None:
+        return _BUDGET_OVERRIDE
+    env = os.environ.get("GENMOD_TILE_BYTES")
+    if env:
+        return max(4096, int(env))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(256 << 20, max(8 << 20, free // 16)))
+    return _cpu_cache_bytes()
+
+
+def set_tile_budget(nbytes: int | None) -> None:
+    """Override the tile memory budget (bytes), or restore the automatic one with None."""
+    global _BUDGET_OVERRIDE
+    if nbytes is not None and nbytes < 4096:
+        raise ValueError(f"nbytes must be >= 4096, got {nbytes}")
+    _BUDGET_OVERRIDE = nbytes
+
+
+def tile_shape(
+    B: int, N: int, M: int, itemsize: int, device: torch.device, backward: bool = False
+) -> tuple[int, int, int]:
+    """(batch, rows, columns) of a score tile whose elements fit the budget.
+
+    Long column runs come first (fewer rescalings of the running sum), then rows, then batch.
+    The backward keeps about three tile-sized temporaries alive, so its tiles are smaller.
+    """
+    elems = max(256, tile_budget_bytes(device) // (itemsize * (3 if backward else 1)))
+    tm = min(M, max(64, min(4096, elems // 64)))
+    tn = min(N, max(1, elems // tm))
+    tb = min(B, max(1, elems // (tm * tn)))
+    return tb, tn, tm
+
+
+def online_lse_update(scores: Tensor, m: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """Fold a tile of scores ``[b, n, m]`` into the running (max, sum) of each row.
+
+    ``s`` is the sum of ``exp(score - m)`` so far. Rows whose max is still ``-inf`` keep
+    ``s = 0`` without producing NaN. ``scores`` is overwritten.
+    """
+    m_new = torch.maximum(m, scores.amax(dim=2))
+    m_safe = m_new.masked_fill(m_new == -math.inf, 0.0)
+    s = s * torch.exp(m - m_safe) + scores.sub_(m_safe.unsqueeze(2)).exp_().sum(dim=2)
+    return m_new, s
+
+
+def finish_lse(m: Tensor, s: Tensor) -> Tensor:
+    """``m + log s``, equal to ``-inf`` for rows with no finite score."""
+    m_safe = m.masked_fill(m == -math.inf, 0.0)
+    return m_safe + torch.log(s)

@@ -1,0 +1,82 @@
+"""Argument checks for :func:`genmod.ops.pairwise_logsumexp` (errors name the argument)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_inputs"]
+
+
+def _check_points(t: object, name: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() < 2:
+        raise ValueError(f"{name} must have shape [..., n, D] (at least 2-D), got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must have a floating dtype, got {t.dtype}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return t
+
+
+def check_inputs(
+    x: Tensor,
+    y: Tensor,
+    scale: float | Tensor,
+    log_weights: Tensor | None,
+    exclude: Tensor | None,
+) -> Tensor:
+    """Validate the op's arguments; return ``scale`` as a 0-d tensor of x's dtype/device."""
+    _check_points(x, "x")
+    _check_points(y, "y")
+    if x.dtype != y.dtype:
+        raise ValueError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(
+            f"x and y must have the same dimension D, got {x.shape[-1]} and {y.shape[-1]}"
+        )
+    if y.shape[-2] == 0:
+        raise ValueError("y is empty: at least one reference point is needed")
+    if isinstance(scale, Tensor):
+        if scale.numel() != 1:
+            raise ValueError(f"scale must be a scalar, got shape {tuple(scale.shape)}")
+        if scale.device != x.device:
+            raise ValueError(f"scale is on {scale.device} but x is on {x.device}")
+        s_val = float(scale.detach())
+        scale_t = scale.reshape(()).to(x.dtype)
+    else:
+        try:
+            s_val = float(scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"scale must be a positive number, got {scale!r}") from None
+        scale_t = torch.tensor(s_val, dtype=x.dtype, device=x.device)
+    if not (math.isfinite(s_val) and s_val > 0):
+        raise ValueError(f"scale must be finite and > 0, got {s_val}")
+    if log_weights is not None:
+        if not isinstance(log_weights, Tensor) or not log_weights.is_floating_point():
+            raise ValueError("log_weights must be a floating torch.Tensor of shape [..., M]")
+        if log_weights.dim() < 1 or log_weights.shape[-1] != y.shape[-2]:
+            raise ValueError(
+                f"log_weights must have shape [..., M] with M = {y.shape[-2]}, "
+                f"got {tuple(log_weights.shape)}"
+            )
+        if log_weights.device != x.device:
+            raise ValueError(f"log_weights is on {log_weights.device} but x is on {x.device}")
+        if bool(torch.isnan(log_weights).any()) or bool((log_weights == math.inf).any()):
+            raise ValueError("log_weights contains NaN or +Inf (-Inf, a zero weight, is allowed)")
+    if exclude is not None:
+        if not isinstance(exclude, Tensor) or exclude.dtype not in (torch.int32, torch.int64):
+            raise ValueError("exclude must be an integer torch.Tensor of shape [..., N]")
+        if exclude.dim() < 1 or exclude.shape[-1] != x.shape[-2]:
+            raise ValueError(
+                f"exclude must have shape [..., N] with N = {x.shape[-2]}, "
+                f"got {tuple(exclude.shape)}"
+            )
+        if exclude.numel() and (int(exclude.min()) < -1 or int(exclude.max()) >= y.shape[-2]):
+            raise ValueError(f"exclude values must lie in [-1, {y.shape[-2] - 1}]")
+    return scale_t
