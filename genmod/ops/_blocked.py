@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from genmod.ops import _tiles
+from genmod.ops import _fused, _tiles
 from genmod.ops.profiles import d_log_profile, log_profile
 
 __all__ = ["BlockedPairwiseLSE", "DIRECT_MAX_DIM"]
@@ -67,6 +67,40 @@ def _mask_excluded(scores: Tensor, ex: Tensor | None, j0: int) -> None:
         scores[b_idx, i_idx, col[b_idx, i_idx]] = -math.inf
 
 
+def _forward_tiles(
+    x: Tensor,
+    y: Tensor,
+    inv_s2: Tensor,
+    bias: Tensor,
+    x2: Tensor,
+    y2: Tensor,
+    exclude: Tensor | None,
+    kernel: str,
+) -> Tensor:
+    """The eager tiled forward (any kernel, device and dtype)."""
+    B, N, _ = x.shape
+    M = y.shape[1]
+    out = torch.empty(B, N, dtype=x.dtype, device=x.device)
+    tb, tn, tm = _tiles.tile_shape(B, N, M, x.element_size(), x.device)
+    for b0 in range(0, B, tb):
+        b1 = min(B, b0 + tb)
+        for i0 in range(0, N, tn):
+            i1 = min(N, i0 + tn)
+            ex = None if exclude is None else exclude[b0:b1, i0:i1]
+            m = torch.full((b1 - b0, i1 - i0), -math.inf, dtype=x.dtype, device=x.device)
+            s = torch.zeros_like(m)
+            for j0 in range(0, M, tm):
+                j1 = min(M, j0 + tm)
+                sc, _ = _tile_scores(
+                    x[b0:b1, i0:i1], y[b0:b1, j0:j1], bias[b0:b1, j0:j1],
+                    x2[b0:b1, i0:i1], y2[b0:b1, j0:j1], inv_s2, kernel,
+                )  # fmt: skip
+                _mask_excluded(sc, ex, j0)
+                m, s = _tiles.online_lse_update(sc, m, s)
+            out[b0:b1, i0:i1] = _tiles.finish_lse(m, s)
+    return out
+
+
 class BlockedPairwiseLSE(torch.autograd.Function):
     """``out[b, i] = logsumexp_j (lw[b, j] + log k(|x[b,i] - y[b,j]|^2 / s^2))`` in tiles."""
 
@@ -80,24 +114,10 @@ class BlockedPairwiseLSE(torch.autograd.Function):
         lw_ = torch.zeros(B, M, dtype=x.dtype, device=x.device) if lw is None else lw
         expanded = _expanded(kernel, x.shape[-1])
         bias = lw_ - 0.5 * inv_s2 * y2 if expanded else lw_
-        out = torch.empty(B, N, dtype=x.dtype, device=x.device)
-        tb, tn, tm = _tiles.tile_shape(B, N, M, x.element_size(), x.device)
-        for b0 in range(0, B, tb):
-            b1 = min(B, b0 + tb)
-            for i0 in range(0, N, tn):
-                i1 = min(N, i0 + tn)
-                ex = None if exclude is None else exclude[b0:b1, i0:i1]
-                m = torch.full((b1 - b0, i1 - i0), -math.inf, dtype=x.dtype, device=x.device)
-                s = torch.zeros_like(m)
-                for j0 in range(0, M, tm):
-                    j1 = min(M, j0 + tm)
-                    sc, _ = _tile_scores(
-                        x[b0:b1, i0:i1], y[b0:b1, j0:j1], bias[b0:b1, j0:j1],
-                        x2[b0:b1, i0:i1], y2[b0:b1, j0:j1], inv_s2, kernel,
-                    )  # fmt: skip
-                    _mask_excluded(sc, ex, j0)
-                    m, s = _tiles.online_lse_update(sc, m, s)
-                out[b0:b1, i0:i1] = _tiles.finish_lse(m, s)
+        if expanded and _fused.use_fused(x, B * N * M):
+            out = _fused.fused_gaussian_forward(x, y, inv_s2, bias, exclude)
+        else:
+            out = _forward_tiles(x, y, inv_s2, bias, x2, y2, exclude, kernel)
         if expanded:
             out -= 0.5 * inv_s2 * x2
         ctx.save_for_backward(x, y, scale, lw, exclude, out)

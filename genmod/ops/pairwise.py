@@ -1,6 +1,7 @@
 """``pairwise_logsumexp``: the one reduction every genmod model runs on.
 
-``out[..., i] = logsumexp_j ( log_weights[..., j] + log k(||x[..., i, :] - y[..., j, :]||^2 / scale^2) )``
+    out[..., i] = logsumexp_j ( log_weights[..., j]
+                                + log k(||x[..., i, :] - y[..., j, :]||^2 / scale^2) )
 
 For the gaussian kernel, ``log k = -||x - y||^2 / (2 scale^2)``: a Gaussian KDE with bandwidth
 (standard deviation) ``scale`` is ``pairwise_logsumexp(x, y, h) - log M - (D/2) log(2 pi h^2)``.
