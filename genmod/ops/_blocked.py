@@ -141,6 +141,12 @@ class BlockedPairwiseLSE(torch.autograd.Function):
         ref = out + 0.5 * inv_s2 * x2 if expanded else out
         ref = ref.masked_fill(out == -math.inf, math.inf)
         g = grad_out.to(x.dtype)
+        if expanded and _fused.use_fused(x, B * N * M):
+            gx, gy, d2c, gw = _fused.fused_gaussian_backward(
+                x, y, inv_s2, bias, ref, g.contiguous(), exclude
+            )
+            grad_s = (-2.0 * d2c * inv_s2 / scale).reshape(scale.shape) if need_s else None
+            return gx, gy, grad_s, gw if need_w else None, None, None
         gx = torch.zeros_like(x) if need_x else None
         gy = torch.zeros_like(y) if need_y else None
         gw = torch.zeros(B, M, dtype=x.dtype, device=x.device) if need_w else None

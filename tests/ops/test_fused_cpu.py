@@ -35,4 +35,10 @@ def test_fused_path_backward_still_exact(fused_everywhere):
     x = torch.randn(40, 6, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randn(50, 6, generator=g, dtype=torch.float64, requires_grad=True)
     s = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, y, s: pairwise_logsumexp(x, y, s), (x, y, s))
+    lw = torch.randn(50, generator=g, dtype=torch.float64, requires_grad=True)
+    ex = torch.randint(-1, 50, (40,), generator=g)
+
+    def f(x, y, s, lw):
+        return pairwise_logsumexp(x, y, s, lw, exclude=ex)
+
+    assert torch.autograd.gradcheck(f, (x, y, s, lw))
