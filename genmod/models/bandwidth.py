@@ -1,0 +1,320 @@
+"""Bandwidth rules of thumb and the likelihood searches behind ``KDE.fit_bandwidth``.
+
+Rules (scale-equivariant: multiplying the data by ``c`` multiplies the bandwidth by ``c``)::
+
+    scott      h = sigma * n_eff^{-1 / (D + 4)}
+    silverman  h = sigma * (n_eff (D + 2) / 4)^{-1 / (D + 4)}
+
+with ``n_eff = (sum w)^2 / sum w^2`` the effective sample size (``n`` without weights) and
+``sigma`` the weighted standard deviation with the unbiased reliability-weights correction
+(``ddof=1`` without weights, as scipy's ``gaussian_kde``). A diagonal bandwidth uses each
+dimension's ``sigma_d``; an isotropic one uses the root-mean-square ``sqrt(mean_d sigma_d^2)``.
+The rules are normal-reference rules for a gaussian kernel's standard deviation; for the
+compact kernels the same number is used as the scale parameter (as scikit-learn and
+statsmodels do): a starting point that ``fit_bandwidth`` improves on.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "RULES",
+    "BANDWIDTH_TYPES",
+    "effective_sample_size",
+    "weighted_std",
+    "rule_bandwidth",
+    "resolve_bandwidth",
+    "maximize_scalar",
+    "maximize_vector",
+    "search_log_bandwidth",
+]
+
+RULES = ("scott", "silverman")
+BANDWIDTH_TYPES = ("isotropic", "diagonal")
+
+_INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def effective_sample_size(weights: Tensor) -> float:
+    """Kish's effective sample size ``(sum w)^2 / sum w^2`` of non-negative weights."""
+    w = weights.double()
+    return float(w.sum() ** 2 / (w * w).sum())
+
+
+def weighted_std(data: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Per-dimension standard deviation ``[D]`` (float64) with the unbiased correction.
+
+    ``var_d = sum_i w_i (x_id - mu_d)^2 / (1 - sum_i w_i^2)`` for weights normalised to sum to
+    one (``mu`` the weighted mean); without weights this is the ``ddof=1`` variance. Returns
+    NaN where fewer than two effective points make it undefined.
+    """
+    x = data.double()
+    n = x.shape[0]
+    if weights is None:
+        w = torch.full((n,), 1.0 / n, dtype=torch.float64, device=x.device)
+    else:
+        w = weights.double() / weights.double().sum()
+    mean = w @ x
+    denom = 1.0 - (w * w).sum()
+    var = (w @ (x - mean) ** 2) / denom
+    return torch.where(denom > 0, var.clamp_min(0.0), torch.nan).sqrt()
+
+
+def rule_bandwidth(
+    data: Tensor, rule: str, weights: Tensor | None = None, bandwidth_type: str = "isotropic"
+) -> Tensor:
+    """The ``"scott"`` or ``"silverman"`` bandwidth of ``data`` ``[M, D]`` (float64).
+
+    Returns a 0-d tensor for ``bandwidth_type="isotropic"`` (from the RMS per-dimension std)
+    or ``[D]`` for ``"diagonal"``.
+
+    Raises:
+        ValueError: naming ``bandwidth`` for an unknown rule, or when the data have zero (or
+            undefined) spread so the rule gives no positive bandwidth.
+    """
+    if rule not in RULES:
+        raise ValueError(f"bandwidth must be a positive number or one of {RULES}, got {rule!r}")
+    n, dim = data.shape
+    n_eff = float(n) if weights is None else effective_sample_size(weights)
+    if rule == "scott":
+        factor = n_eff ** (-1.0 / (dim + 4))
+    else:
+        factor = (n_eff * (dim + 2) / 4.0) ** (-1.0 / (dim + 4))
+    sigma = weighted_std(data, weights)
+    if bandwidth_type == "isotropic":
+        sigma = sigma.pow(2).mean().sqrt()
+    h = factor * sigma
+    bad = ~(torch.isfinite(h) & (h > 0))
+    if bool(bad.any()):
+        where = "" if h.dim() == 0 else f" (dimension {int(bad.nonzero()[0, 0])})"
+        raise ValueError(
+            f"bandwidth rule {rule!r} needs data with positive spread{where} and at least two "
+            "effective points; pass a numeric bandwidth instead"
+        )
+    return h
+
+
+def resolve_bandwidth(
+    bandwidth: float | str | Tensor | list[float],
+    data: Tensor,
+    weights: Tensor | None = None,
+    bandwidth_type: str = "isotropic",
+) -> Tensor:
+    """Turn a bandwidth argument into a validated float64 tensor (``[]`` or ``[D]``).
+
+    Accepts a rule name (:data:`RULES`), a positive number (broadcast over dimensions for a
+    diagonal bandwidth), or for ``"diagonal"`` a tensor / sequence of ``D`` positive numbers.
+
+    Raises:
+        ValueError: naming ``bandwidth`` (or ``bandwidth_type``) when it is unknown, of the
+            wrong shape, non-finite or not positive.
+    """
+    if bandwidth_type not in BANDWIDTH_TYPES:
+        raise ValueError(f"bandwidth_type must be one of {BANDWIDTH_TYPES}, got {bandwidth_type!r}")
+    if isinstance(bandwidth, str):
+        return rule_bandwidth(data, bandwidth, weights, bandwidth_type)
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float, Tensor, list, tuple)):
+        raise ValueError(
+            f"bandwidth must be a positive number, a sequence of them or one of {RULES}, "
+            f"got {bandwidth!r}"
+        )
+    try:
+        h = torch.as_tensor(
+            bandwidth.detach() if isinstance(bandwidth, Tensor) else bandwidth,
+            dtype=torch.float64,
+        ).cpu()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"bandwidth must be numeric, got {bandwidth!r}") from err
+    dim = data.shape[1]
+    if h.numel() == 1:
+        h = h.reshape(()) if bandwidth_type == "isotropic" else h.reshape(1).expand(dim)
+    elif bandwidth_type == "diagonal" and h.numel() == dim:
+        h = h.reshape(dim)
+    else:
+        wanted = "one value" if bandwidth_type == "isotropic" else f"1 or {dim} values"
+        raise ValueError(
+            f"bandwidth for bandwidth_type={bandwidth_type!r} must hold {wanted}, "
+            f"got shape {tuple(h.shape)}"
+        )
+    if not bool((torch.isfinite(h) & (h > 0)).all()):
+        raise ValueError(f"bandwidth must be finite and > 0, got {h.tolist()}")
+    return h.to(data.device).clone()
+
+
+def _warn_at_bound(which: str) -> None:
+    warnings.warn(
+        f"fit_bandwidth: the optimum lies at the {which} bound of the search; the likelihood "
+        "may still improve outside it (duplicate points make the leave-one-out likelihood "
+        "grow as h -> 0). Pass wider bounds=(low, high) to search further.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def maximize_scalar(
+    objective: Callable[[float], float],
+    low: float,
+    high: float,
+    *,
+    rtol: float = 1e-3,
+    points_per_decade: int = 8,
+) -> float:
+    """Maximise ``objective(t)`` over ``t = log h`` in ``[low, high]``; return ``t``.
+
+    A log-spaced grid (``points_per_decade`` per factor of 10 in ``h``) brackets the best
+    region, robust to ``-inf`` plateaus (compact kernels with no neighbour inside the
+    support); golden-section search then shrinks the bracket around the best grid point until
+    its width in ``log h`` is below ``log(1 + rtol)``, so ``h`` is found to ``rtol`` relative.
+    Warns when the optimum sits at a bound.
+
+    Raises:
+        ValueError: if no point of the grid has a finite objective.
+    """
+    count = max(3, int(math.ceil((high - low) / math.log(10.0) * points_per_decade)) + 1)
+    grid = torch.linspace(low, high, count, dtype=torch.float64).tolist()
+    values = [objective(t) for t in grid]
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        raise ValueError(
+            "bounds: no bandwidth in the search range gives a finite likelihood; widen bounds"
+        )
+    k = max(range(count), key=lambda i: values[i] if math.isfinite(values[i]) else -math.inf)
+    best_t, best_v = grid[k], values[k]
+    a, b = grid[max(k - 1, 0)], grid[min(k + 1, count - 1)]
+    tol = math.log1p(rtol)
+    c, d = b - _INV_PHI * (b - a), a + _INV_PHI * (b - a)
+    fc, fd = objective(c), objective(d)
+    while b - a > tol:
+        if fc >= fd:
+            b, d, fd = d, c, fc
+            c = b - _INV_PHI * (b - a)
+            fc = objective(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + _INV_PHI * (b - a)
+            fd = objective(d)
+    for t, v in ((c, fc), (d, fd)):
+        if v > best_v:
+            best_t, best_v = t, v
+    step = (high - low) / (count - 1)
+    if best_t <= low + 0.5 * step and k == 0:
+        _warn_at_bound("lower")
+    elif best_t >= high - 0.5 * step and k == count - 1:
+        _warn_at_bound("upper")
+    return best_t
+
+
+def maximize_vector(
+    objective: Callable[[Tensor], Tensor],
+    start: Tensor,
+    low: Tensor,
+    high: Tensor,
+    *,
+    rtol: float = 1e-3,
+    max_iter: int = 200,
+) -> Tensor:
+    """Maximise a differentiable ``objective(t)`` over ``t = log h`` ``[D]`` by L-BFGS.
+
+    Starts at ``start`` (float64, finite objective) with a strong-Wolfe line search and stops
+    when a step changes the objective or ``log h`` by less than ``rtol / 10``. The objective
+    is evaluated at ``t`` clipped to ``[low, high]``, and a non-finite value (a compact kernel
+    whose support lost every neighbour) counts as a large finite loss, so the line search
+    backs off instead of diverging. If the search ends no better than the start, the start
+    is returned; a warning is raised when a bound binds.
+    """
+    with torch.no_grad():
+        start_value = float(objective(start))
+    penalty = -start_value + 1e3 * (1.0 + abs(start_value))
+    t = start.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [t],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-10,
+        tolerance_change=0.1 * rtol,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = -objective(torch.minimum(torch.maximum(t, low), high))
+        if not bool(torch.isfinite(loss)):
+            return loss.detach().new_tensor(penalty)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    result = t.detach()
+    if not bool(torch.isfinite(result).all()):
+        return start.detach().clone()
+    clipped = torch.minimum(torch.maximum(result, low), high)
+    with torch.no_grad():
+        value = float(objective(clipped))
+    if not math.isfinite(value) or value <= start_value:
+        return start.detach().clone()
+    if not torch.equal(clipped, result):
+        _warn_at_bound("lower" if bool((result < low).any()) else "upper")
+    return clipped
+
+
+def _log_bounds(bounds: Any, center: Tensor) -> tuple[Tensor, Tensor]:
+    try:
+        lo, hi = (torch.as_tensor(b, dtype=torch.float64).to(center.device) for b in bounds)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"bounds must be a pair (low, high), got {bounds!r}") from err
+    sizes = {1, center.numel()}
+    if lo.numel() not in sizes or hi.numel() not in sizes:
+        raise ValueError(f"bounds must hold scalars or {center.numel()} values each")
+    if not bool(((lo > 0) & (lo < hi) & torch.isfinite(hi)).all()):
+        raise ValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
+    return lo.log().reshape(-1).expand_as(center.reshape(-1)).reshape(
+        center.shape
+    ), hi.log().reshape(-1).expand_as(center.reshape(-1)).reshape(center.shape)
+
+
+def search_log_bandwidth(
+    objective: Callable[[Tensor], Tensor],
+    center: Tensor,
+    bounds: Any = None,
+    *,
+    rtol: float = 1e-3,
+) -> Tensor:
+    """Maximise ``objective(log h)`` (a 0-d float64 tensor) and return the best ``log h``.
+
+    ``center`` is a reference ``log h`` (0-d: isotropic, ``[D]``: diagonal) around which the
+    default range spans ``1e-3`` to ``1e2`` times ``h``; ``bounds = (low, high)`` on ``h``
+    (scalars, or ``D`` values each for diagonal) replaces it. Isotropic: :func:`maximize_scalar`.
+    Diagonal: :func:`maximize_scalar` over a common shift ``log h = center + s``, then
+    :func:`maximize_vector` over all ``log h_d``.
+
+    Raises:
+        ValueError: naming ``bounds`` when they are malformed or hold no finite likelihood.
+    """
+    if bounds is None:
+        low, high = center + math.log(1e-3), center + math.log(1e2)
+    else:
+        low, high = _log_bounds(bounds, center)
+    center = torch.minimum(torch.maximum(center, low), high)
+    with torch.no_grad():
+        if center.dim() == 0:
+            t = maximize_scalar(
+                lambda s: float(objective(center.new_tensor(s))), float(low), float(high), rtol=rtol
+            )
+            return center.new_tensor(t)
+        lo_s, hi_s = float((low - center).max()), float((high - center).min())
+        best = center
+        if lo_s < hi_s:
+            s = maximize_scalar(lambda s: float(objective(center + s)), lo_s, hi_s, rtol=rtol)
+            best = center + s
+        if not bool(torch.isfinite(objective(best))):
+            raise ValueError("bounds: no finite likelihood at the start of the search")
+    return maximize_vector(objective, best, low, high, rtol=rtol)
