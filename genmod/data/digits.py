@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,6 +38,14 @@ def load_digits(*, dtype: torch.dtype = torch.float32) -> Tensor:
     """
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    return torch.tensor(_pixels(), dtype=dtype)
+
+
+@lru_cache(maxsize=1)
+def _pixels() -> np.ndarray:
+    """The pixel array, read once per process (a private, read-only copy)."""
     from sklearn.datasets import load_digits as _sklearn_digits
 
-    return torch.from_numpy(_sklearn_digits().data).to(dtype)
+    pixels = _sklearn_digits().data
+    pixels.setflags(write=False)
+    return pixels

@@ -1,0 +1,60 @@
+"""Datasets and samplers that yield ``(x, index)`` batches in a repeatable order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from genmod.data.preprocess import generator_for
+
+__all__ = ["EpochShuffleSampler", "IndexedTensorDataset"]
+
+
+class IndexedTensorDataset(Dataset[tuple[Tensor, int]]):
+    """Rows of ``x`` ``[n, D]`` paired with their row index.
+
+    Batched by a ``DataLoader`` with the default collate function, a batch is the tuple
+    ``(x[idx] [b, D], idx [b] int64)``: the index is what a leave-one-out loss needs to
+    leave each training point out of its own density estimate.
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        if x.dim() != 2:
+            raise ValueError(f"x must be 2-D [n, D], got shape {tuple(x.shape)}")
+        self.x = x
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.x[index], index
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation of ``range(n)`` that is a function of ``(seed, epoch)`` only.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch (and forwards it
+    through its distributed wrapper), so each epoch sees a new order, and a run resumed
+    from a checkpoint sees exactly the orders an uninterrupted run would have seen.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of epoch ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = generator_for(self.seed, f"shuffle:{self.epoch}")
+        return iter(torch.randperm(self.n, generator=generator).tolist())
