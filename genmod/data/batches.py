@@ -10,13 +10,13 @@ from torch.utils.data import Dataset, Sampler
 
 from genmod.data.preprocess import generator_for
 
-__all__ = ["EpochShuffleSampler", "IndexedTensorDataset"]
+__all__ = ["EpochShuffleSampler", "IndexedTensorDataset", "collate_indexed"]
 
 
 class IndexedTensorDataset(Dataset[tuple[Tensor, int]]):
     """Rows of ``x`` ``[n, D]`` paired with their row index.
 
-    Batched by a ``DataLoader`` with the default collate function, a batch is the tuple
+    Batched by a ``DataLoader`` with :func:`collate_indexed`, a batch is the tuple
     ``(x[idx] [b, D], idx [b] int64)``: the index is what a leave-one-out loss needs to
     leave each training point out of its own density estimate.
     """
@@ -31,6 +31,12 @@ class IndexedTensorDataset(Dataset[tuple[Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return self.x[index], index
+
+
+def collate_indexed(samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    """Stack ``(row, index)`` samples into the batch tuple ``(x [b, D], index [b] int64)``."""
+    rows, indices = zip(*samples, strict=True)
+    return torch.stack(rows), torch.tensor(indices, dtype=torch.int64)
 
 
 class EpochShuffleSampler(Sampler[int]):

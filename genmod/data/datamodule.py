@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from genmod.data.batches import EpochShuffleSampler, IndexedTensorDataset
+from genmod.data.batches import EpochShuffleSampler, IndexedTensorDataset, collate_indexed
 from genmod.data.digits import DIGITS_IMAGE_SHAPE, load_digits
 from genmod.data.files import DataError, load_array
 from genmod.data.options import DATASETS, check_options
@@ -29,6 +29,11 @@ from genmod.data.toys import TOY_DATASETS, make_toy
 __all__ = ["DATASETS", "DensityDataModule"]
 
 _SPLITS = ("train", "val", "test")
+
+
+class NotSetUpError(RuntimeError, AttributeError):
+    """A result of :meth:`DensityDataModule.setup` was read before ``setup()`` ran
+    (an ``AttributeError`` too, so ``hasattr`` is simply false until then)."""
 
 
 class DensityDataModule(L.LightningDataModule):
@@ -187,7 +192,7 @@ class DensityDataModule(L.LightningDataModule):
 
     def _get(self, key: str) -> Any:
         if self._built is None:
-            raise RuntimeError("DensityDataModule.setup() must be called first")
+            raise NotSetUpError("DensityDataModule: call setup() before reading its data")
         return self._built[key]
 
     # ---------------------------------------------------------------- results
@@ -285,6 +290,7 @@ class DensityDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             shuffle=False,
+            collate_fn=collate_indexed,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

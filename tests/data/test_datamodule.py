@@ -174,7 +174,9 @@ def test_image_shape_override_for_files(tmp_path):
 def test_dataloaders_yield_rows_with_their_index():
     dm = _module(name="checkerboard", n_samples=1000, batch_size=64, eval_batch_size=70)
     seen = []
-    for x, index in dm.train_dataloader():
+    for batch in dm.train_dataloader():
+        assert isinstance(batch, tuple) and len(batch) == 2
+        x, index = batch
         assert x.dtype == torch.float32 and index.dtype == torch.int64
         assert torch.equal(x, dm.train_data[index])
         seen.append(index)
@@ -219,6 +221,9 @@ def test_results_need_setup():
     dm = DensityDataModule()
     with pytest.raises(RuntimeError, match=r"setup\(\)"):
         _ = dm.train_data
+    assert not hasattr(dm, "dim")
+    dm.setup()
+    assert hasattr(dm, "dim")
 
 
 @pytest.mark.parametrize(
@@ -264,3 +269,45 @@ def test_bad_file_errors_surface_at_setup(tmp_path):
         dm.setup()
     with pytest.raises(DataError, match="file not found"):
         _module(name="file", path=tmp_path / "missing.npy")
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+def test_lightning_reshuffles_by_epoch_through_set_epoch():
+    import lightning as L
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+            self.orders: list[list[int]] = [[]]
+
+        def training_step(self, batch, batch_idx):
+            x, index = batch
+            if batch_idx == 0 and self.orders[-1]:
+                self.orders.append([])
+            self.orders[-1] += index.tolist()
+            return ((x - self.w) ** 2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            x, index = batch
+            assert torch.equal(x, dm.val_data[index])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = DensityDataModule("moons", n_samples=300, batch_size=64)
+    module = Recorder()
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, dm)
+    sampler = dm.train_dataloader().sampler
+    expected = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        expected.append(list(sampler))
+    assert module.orders == expected
