@@ -63,8 +63,11 @@ def weighted_std(data: Tensor, weights: Tensor | None = None) -> Tensor:
         w = weights.double() / weights.double().sum()
     mean = w @ x
     denom = 1.0 - (w * w).sum()
-    var = (w @ (x - mean) ** 2) / denom
-    return torch.where(denom > 0, var.clamp_min(0.0), torch.nan).sqrt()
+    std = ((w @ (x - mean) ** 2) / denom).clamp_min(0.0).sqrt()
+    # Spread at the level of float64 round-off of the values themselves counts as none.
+    floor = 64 * torch.finfo(torch.float64).eps * x.abs().amax(dim=0)
+    std = torch.where(std > floor, std, torch.zeros_like(std))
+    return torch.where(denom > 0, std, torch.nan)
 
 
 def rule_bandwidth(
@@ -150,11 +153,12 @@ def resolve_bandwidth(
 
 def _warn_at_bound(which: str) -> None:
     warnings.warn(
-        f"fit_bandwidth: the optimum lies at the {which} bound of the search; the likelihood "
-        "may still improve outside it (duplicate points make the leave-one-out likelihood "
-        "grow as h -> 0). Pass wider bounds=(low, high) to search further.",
+        f"fit_bandwidth: the optimum lies at the {which} bound of the search, so the "
+        "likelihood may improve beyond it (when every point has an exact duplicate, the "
+        "leave-one-out likelihood grows without bound as h -> 0). Pass wider "
+        "bounds=(low, high) to search further.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=5,
     )
 
 
@@ -223,11 +227,12 @@ def maximize_vector(
     """Maximise a differentiable ``objective(t)`` over ``t = log h`` ``[D]`` by L-BFGS.
 
     Starts at ``start`` (float64, finite objective) with a strong-Wolfe line search and stops
-    when a step changes the objective or ``log h`` by less than ``rtol / 10``. The objective
-    is evaluated at ``t`` clipped to ``[low, high]``, and a non-finite value (a compact kernel
-    whose support lost every neighbour) counts as a large finite loss, so the line search
-    backs off instead of diverging. If the search ends no better than the start, the start
-    is returned; a warning is raised when a bound binds.
+    when the gradient or a step's change of the objective or ``log h`` is negligible
+    (``1e-3 rtol^2``: near the optimum the objective moves quadratically in ``log h``). The
+    objective is evaluated at ``t`` clipped to ``[low, high]``, and a non-finite value (a
+    compact kernel whose support lost every neighbour) counts as a large finite loss, so the
+    line search backs off instead of diverging. If the search ends no better than the start,
+    the start is returned; a warning is raised when a bound binds.
     """
     with torch.no_grad():
         start_value = float(objective(start))
@@ -237,8 +242,8 @@ def maximize_vector(
         [t],
         lr=1.0,
         max_iter=max_iter,
-        tolerance_grad=1e-10,
-        tolerance_change=0.1 * rtol,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-3 * rtol * rtol,
         history_size=20,
         line_search_fn="strong_wolfe",
     )
