@@ -1,0 +1,223 @@
+"""One training run from a composed config: fit, test, log, summarise."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from omegaconf import DictConfig
+
+from genmod.training.build import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_module,
+    build_trainer,
+    to_container,
+)
+from genmod.training.module import DensityModule
+
+__all__ = ["train", "write_metrics"]
+
+log = logging.getLogger(__name__)
+
+_HPARAM_METRICS = ("val/nll_best", "test/nll", "test/bpd")
+
+
+def _float(value: Any) -> Any:
+    """A JSON-ready copy: tensors as numbers, inf / nan as strings (JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(k): _float(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_float(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    """Write ``metrics`` to ``path`` as JSON (tensors as numbers, inf / nan as strings)."""
+    path.write_text(json.dumps(_float(metrics), indent=2) + "\n")
+
+
+def _relative(path: str | Path | None, root: Path) -> str | None:
+    if not path:
+        return None
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The configuration worth comparing runs by, for TensorBoard's HPARAMS tab."""
+    keys = ("model", "data", "optimizer", "scheduler", "seed")
+    params = {key: to_container(cfg.get(key)) for key in keys}
+    params["trainer"] = {
+        key: to_container(cfg.trainer.get(key))
+        for key in ("max_epochs", "accelerator", "devices", "precision")
+    }
+    return params
+
+
+def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
+    return trainer.checkpoint_callback if trainer.checkpoint_callbacks else None
+
+
+def _log_final(
+    trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any], summary: str
+) -> str | None:
+    """Hyperparameters with the final metrics, and the summary as text, to TensorBoard;
+    returns the TensorBoard log directory (or ``None`` without a TensorBoard logger)."""
+    logdir = None
+    hp_metrics = {
+        f"hparams/{key.replace('/', '_')}": float(metrics[key])
+        for key in _HPARAM_METRICS
+        if isinstance(metrics.get(key), float | int)
+    }
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            continue
+        logdir = logdir or str(Path(logger.log_dir))
+        if trainer.is_global_zero:
+            logger.log_hyperparams(_hparams(cfg), metrics=hp_metrics, step=trainer.global_step)
+            logger.experiment.add_text("summary", f"```\n{summary}\n```", trainer.global_step)
+        logger.finalize("success")
+    return logdir
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return format(value, spec) if isinstance(value, float | int) else str(value)
+
+
+def _summary(module: DensityModule, datamodule: Any, metrics: dict[str, Any]) -> str:
+    model = module.model
+    describe = getattr(datamodule, "describe", lambda: type(datamodule).__name__)()
+    lines = [
+        f"{type(model).__name__} ({module.training_mode}) on {describe}",
+        f"likelihood estimator: {metrics['estimator']}; NLL in nats per example, data units",
+    ]
+    rows: list[tuple[str, str]] = []
+    for key in ("val/nll_best", "test/nll", "test/bpd"):
+        if key in metrics:
+            extra = ""
+            if key == "test/nll" and "test/nll_se" in metrics:
+                extra = f" +- {_fmt(metrics['test/nll_se'])}"
+            rows.append((key, _fmt(metrics[key]) + extra))
+    skip = ("test/nll_se", "val/nll_best")
+    for key, value in metrics.items():
+        if key.startswith(("model/", "test/nll_", "val/nll_")) and key not in skip:
+            rows.append((key, _fmt(value, ".6g")))
+    width = max(len(key) for key, _ in rows) + 2 if rows else 0
+    lines += [f"  {key:<{width}}{value}" for key, value in rows]
+    return "\n".join(lines)
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising tips from the log (they are not about the run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip")
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, test and record one run described by a composed ``train.yaml`` config.
+
+    Steps: seed everything (``seed``, also the dataloader workers); build and set up the
+    datamodule; build the model, its :class:`DensityModule` and the Trainer; fit (resuming
+    from ``ckpt_path`` when set); test the best checkpoint (``test: true``); log the
+    hyperparameters with the final metrics to TensorBoard; write ``metrics.json`` to
+    ``paths.output_dir`` and log a summary whose last line says where the run went.
+
+    Returns:
+        The final metrics (nats per example, data units) with ``estimator``, ``model``,
+        and checkpoint paths relative to the run directory.
+
+    Raises:
+        FileNotFoundError: ``ckpt_path`` does not exist.
+        ValueError: a config value is invalid (the message names it).
+    """
+    _quiet_lightning()
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path not found: {ckpt_path}")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build_datamodule(cfg.data)
+    log.info("Data: %s", datamodule.describe() if hasattr(datamodule, "describe") else "ready")
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(
+        cfg.trainer, build_callbacks(cfg.get("callbacks")), build_loggers(cfg.get("logger"))
+    )
+    log.info(
+        "Model: %s (%s), likelihood estimator: %s",
+        type(module.model).__name__,
+        module.training_mode,
+        module.model.estimator,
+    )
+    with warnings.catch_warnings():
+        # In-memory tensors: worker processes would only add start-up time.
+        warnings.filterwarnings("ignore", ".*does not have many workers.*", PossibleUserWarning)
+        # Raised inside Lightning's own use of torch's pytree API; nothing a user can change.
+        warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*", FutureWarning)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics: dict[str, Any] = {k: _float(v) for k, v in trainer.callback_metrics.items()}
+        checkpoint = _checkpoint_callback(trainer)
+        # A model without gradient steps is final after its one epoch: its last checkpoint
+        # is its best (Lightning saves no top-k checkpoint before the first step).
+        best = (checkpoint.best_model_path or checkpoint.last_model_path) if checkpoint else ""
+        if cfg.get("test", True):
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            metrics.update({k: _float(v) for k, v in trainer.callback_metrics.items()})
+
+    module.model.eval()
+    metrics.update(
+        {
+            "model": type(module.model).__name__,
+            "estimator": module.model.estimator,
+            "training": module.training_mode,
+            "dim": int(module.model.dim),
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "best_checkpoint": _relative(best, output_dir),
+            "last_checkpoint": _relative(
+                checkpoint.last_model_path if checkpoint is not None else None, output_dir
+            ),
+        }
+    )
+    if "val/nll_best" not in metrics and math.isfinite(module.val_nll_best):
+        metrics["val/nll_best"] = module.val_nll_best
+    summary = _summary(module, datamodule, metrics)
+    logdir = _log_final(trainer, cfg, metrics, summary)
+    metrics["tensorboard"] = _relative(logdir, output_dir)
+    if trainer.is_global_zero:
+        write_metrics(output_dir / "metrics.json", metrics)
+        for line in summary.splitlines():
+            log.info(line)
+        where = f"Run saved in {output_dir}"
+        if logdir is not None:
+            where += f"; see it with: tensorboard --logdir {logdir}"
+        log.info(where)
+    return metrics
