@@ -1,0 +1,165 @@
+"""What every genmod command shares: where the configs are, and turning user errors into
+one line on stderr and a non-zero exit instead of a traceback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, InstantiationException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = ["config_dir", "hydra_entry", "one_line", "user_error"]
+
+log = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+"""Exit status of a command stopped by invalid input (a config value, a file, the data)."""
+
+
+def config_dir() -> Path:
+    """The directory holding ``train.yaml`` and the config groups.
+
+    ``genmod/configs`` inside the installed package (a wheel force-includes the repository's
+    ``configs/`` there), else the repository's top-level ``configs/`` (a source checkout or
+    an editable install). Independent of the working directory.
+
+    Raises:
+        FileNotFoundError: when neither exists (a broken installation).
+    """
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "configs", package.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"genmod configs not found in {package / 'configs'} or beside it")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        ValueError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+        HydraException,
+        OmegaConfBaseException,
+    ]
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:  # pragma: no cover - lightning is a dependency
+        pass
+    else:
+        errors.append(MisconfigurationException)
+    return tuple(errors)
+
+
+def user_error(err: BaseException) -> bool:
+    """True for errors caused by the user's input rather than by a bug in genmod."""
+    return isinstance(err, _user_errors())
+
+
+def one_line(err: BaseException) -> str:
+    """The message of the innermost user error behind ``err``, on one line.
+
+    Hydra wraps errors raised while instantiating a ``_target_`` in an
+    ``InstantiationException`` whose message repeats the target; the cause says what is wrong.
+    """
+    root = err
+    while root.__cause__ is not None and user_error(root.__cause__):
+        root = root.__cause__
+    if isinstance(root, InstantiationException) and root.__cause__ is not None:
+        root = root.__cause__
+    text = " ".join(str(root).split()) or type(root).__name__
+    return text if user_error(root) else f"{type(root).__name__}: {text}"
+
+
+def _fail(prog: str, err: BaseException) -> None:
+    print(f"{prog}: error: {one_line(err)}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def _full_error() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _route_lightning_logs() -> None:
+    """Send Lightning's log records through the handlers Hydra configured (console and the
+    run's log file) only: the ``lightning`` package adds a console handler of its own on
+    import, which would print every Lightning message twice."""
+    import lightning  # noqa: F401  (adds that handler)
+
+    if logging.getLogger().handlers:
+        own = logging.getLogger("lightning")
+        for handler in list(own.handlers):
+            if type(handler) is logging.StreamHandler:
+                own.removeHandler(handler)
+
+
+def _guard(task: Callable[[DictConfig], Any], prog: str) -> Callable[[DictConfig], Any]:
+    @functools.wraps(task)
+    def guarded(cfg: DictConfig) -> Any:
+        _route_lightning_logs()
+        try:
+            return task(cfg)
+        except Exception as err:
+            if _full_error() or not user_error(err):
+                raise
+            _fail(prog, err)
+
+    return guarded
+
+
+def _precheck(config_name: str, argv: list[str], prog: str) -> None:
+    """Compose the config once with the command-line overrides so that composition errors
+    (an unknown option, a misspelled key, bad override syntax) end in one line too.
+
+    Sweep values (``-m key=a,b``) are left to Hydra, as are runs with other flags
+    (``--help``, ``--cfg``...)."""
+    flags = {arg for arg in argv if arg.startswith("-")}
+    if _full_error() or flags - {"-m", "--multirun"}:
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if a not in flags])
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        GlobalHydra.instance().clear()
+        with hydra.initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            hydra.compose(config_name, overrides=fixed, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        _fail(prog, err)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def hydra_entry(
+    task: Callable[[DictConfig], Any], config_name: str, prog: str
+) -> Callable[..., Any]:
+    """A command's ``main``: ``main()`` parses ``sys.argv`` with Hydra (overrides, ``-m``
+    sweeps, ``--help``) and runs ``task`` on the composed config; ``main(cfg)`` runs
+    ``task(cfg)`` on a config composed elsewhere and returns its result.
+
+    Invalid input ends the command with ``<prog>: error: <message>`` on stderr and exit
+    status 2; ``HYDRA_FULL_ERROR=1`` shows the full traceback instead.
+    """
+    guarded = _guard(task, prog)
+    decorated = hydra.main(
+        version_base="1.3", config_path=str(config_dir()), config_name=config_name
+    )(guarded)
+
+    @functools.wraps(task)
+    def main(cfg: DictConfig | None = None) -> Any:
+        if cfg is not None:
+            return task(cfg)
+        _precheck(config_name, sys.argv[1:], prog)
+        decorated()
+        return None
+
+    return main
