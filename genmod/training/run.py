@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from genmod.training.build import (
 )
 from genmod.training.module import DensityModule
 
-__all__ = ["train", "write_metrics"]
+__all__ = ["resume_directory", "train", "write_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,27 @@ def _quiet_lightning() -> None:
             logger.addFilter(_DropTips())
 
 
+def resume_directory(ckpt_path: str | Path) -> Path | None:
+    """The run directory a checkpoint belongs to (``<run>/checkpoints/<file>.ckpt`` with the
+    run's ``tensorboard/``, ``.hydra/`` or ``metrics.json`` beside it), else ``None``."""
+    ckpt = Path(ckpt_path).resolve()
+    run = ckpt.parent.parent
+    if ckpt.parent.name != "checkpoints":
+        return None
+    markers = ("metrics.json", "tensorboard", ".hydra")
+    return run if any((run / marker).exists() for marker in markers) else None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, test and record one run described by a composed ``train.yaml`` config.
 
     Steps: seed everything (``seed``, also the dataloader workers); build and set up the
     datamodule; build the model, its :class:`DensityModule` and the Trainer; fit (resuming
-    from ``ckpt_path`` when set); test the best checkpoint (``test: true``); log the
-    hyperparameters with the final metrics to TensorBoard; write ``metrics.json`` to
-    ``paths.output_dir`` and log a summary whose last line says where the run went.
+    from ``ckpt_path`` when set: a checkpoint of a genmod run continues in that run's
+    directory, so its checkpoints, TensorBoard curves and metrics.json carry on); test the
+    best checkpoint (``test: true``); log the hyperparameters with the final metrics to
+    TensorBoard; write ``metrics.json`` to ``paths.output_dir`` and log a summary whose last
+    line says where the run went.
 
     Returns:
         The final metrics (nats per example, data units) with ``estimator``, ``model``,
@@ -157,11 +171,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ValueError: a config value is invalid (the message names it).
     """
     _quiet_lightning()
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path not found: {ckpt_path}")
+        run_dir = resume_directory(ckpt_path)
+        if run_dir is not None:
+            cfg = copy.deepcopy(cfg)
+            cfg.paths.output_dir = str(run_dir)
+            log.info(
+                "Resuming %s: checkpoints, TensorBoard and metrics.json continue there", run_dir
+            )
     output_dir = Path(cfg.paths.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path not found: {ckpt_path}")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -182,6 +204,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         warnings.filterwarnings("ignore", ".*does not have many workers.*", PossibleUserWarning)
         # Raised inside Lightning's own use of torch's pytree API; nothing a user can change.
         warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*", FutureWarning)
+        if ckpt_path is not None:  # resuming in place: the directory holds this run's files
+            warnings.filterwarnings("ignore", "Checkpoint directory .* is not empty", UserWarning)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics: dict[str, Any] = {k: _float(v) for k, v in trainer.callback_metrics.items()}
         checkpoint = _checkpoint_callback(trainer)

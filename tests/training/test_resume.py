@@ -1,0 +1,45 @@
+"""Resuming from last.ckpt continues the same run: same metrics as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from genmod.training import train
+from tests.training.test_train import events
+
+COMPARED = ("val/nll", "val/nll_best", "train/nll", "test/nll", "model/bandwidth")
+
+
+def test_resume_from_last_checkpoint_matches_uninterrupted_run(train_cfg, tmp_path):
+    quick = "~callbacks.density_figures"
+    straight = train(train_cfg("trainer.max_epochs=2", quick, name="straight"))
+
+    first = train(train_cfg("trainer.max_epochs=1", quick, name="first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["epoch"] == 0
+    assert checkpoint["genmod"]["val_nll_best"] == pytest.approx(first["val/nll_best"])
+    resumed = train(train_cfg("trainer.max_epochs=2", quick, f"ckpt_path={last}", name="resumed"))
+    assert not (tmp_path / "resumed" / "metrics.json").exists()  # continued in "first"
+
+    assert resumed["epochs"] == straight["epochs"] == 2
+    assert resumed["global_step"] == straight["global_step"]
+    for key in COMPARED:
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-6, abs=1e-7), key
+    assert first["model/bandwidth"] != pytest.approx(straight["model/bandwidth"], rel=1e-4)
+    saved = json.loads((tmp_path / "first" / "metrics.json").read_text())
+    assert saved["epochs"] == 2
+    assert saved["test/nll"] == pytest.approx(straight["test/nll"], rel=1e-6)
+    curve = events(tmp_path / "first").Scalars("val/nll")
+    assert [e.step for e in curve] == [
+        e.step for e in events(tmp_path / "straight").Scalars("val/nll")
+    ]
+    assert curve[-1].value == pytest.approx(straight["val/nll"], rel=1e-6)
+
+
+def test_missing_resume_checkpoint_is_a_clear_error(train_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="ckpt_path not found"):
+        train(train_cfg(f"ckpt_path={tmp_path / 'nope.ckpt'}"))
