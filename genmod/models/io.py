@@ -30,11 +30,14 @@ __all__ = [
     "load_model",
     "model_class_name",
     "read_genmod_entry",
+    "rebuild_model",
     "resolve_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = 1
 """Version of the ``checkpoint["genmod"]`` entry this module reads and writes."""
+
+_ENTRY_KEYS = ("model_class", "hparams", "state_dict", "mean", "scale")
 
 _BUILTIN = {
     "Gaussian": "genmod.models.gaussian",
@@ -92,6 +95,19 @@ def _model_class(name: str) -> type[DensityModel]:
     if not (isinstance(obj, type) and issubclass(obj, DensityModel)):
         raise ValueError(f"checkpoint: model_class {name!r} is not a DensityModel subclass")
     return obj
+
+
+def rebuild_model(
+    name: str, hparams: dict[str, Any], state_dict: dict[str, Tensor]
+) -> DensityModel:
+    """The model of class ``name`` (see :func:`model_class_name`) from its ``hparams`` and
+    ``state_dict``, in the dtype of the saved floating tensors (float64 stays float64)."""
+    model = _model_class(name).from_state(hparams, state_dict)
+    dtypes = {v.dtype for v in state_dict.values() if v.is_floating_point()}
+    if len(dtypes) == 1 and next(iter(dtypes)) != torch.get_default_dtype():
+        model = model.to(dtypes.pop())
+        model.load_state_dict(state_dict)  # again, so no value went through float32
+    return model
 
 
 class Standardized(DensityModel):
@@ -212,8 +228,7 @@ class Standardized(DensityModel):
     def from_state(cls, hparams: dict[str, Any], state_dict: dict[str, Tensor]) -> Standardized:
         """Rebuild from :meth:`hparams` and a ``state_dict`` (``model.*``, ``mean``, ``scale``)."""
         inner_state = {k[6:]: v for k, v in state_dict.items() if k.startswith("model.")}
-        inner_cls = _model_class(hparams["model_class"])
-        inner = inner_cls.from_state(hparams["model_hparams"], inner_state)
+        inner = rebuild_model(hparams["model_class"], hparams["model_hparams"], inner_state)
         return cls(inner, state_dict["mean"], state_dict["scale"])
 
     def extra_repr(self) -> str:
@@ -265,6 +280,9 @@ def read_genmod_entry(path: str | Path, map_location: Any = "cpu") -> dict[str, 
             f"{file}: genmod checkpoint format {entry.get('format')!r} is not supported "
             f"(this version reads format {CHECKPOINT_FORMAT})"
         )
+    missing = [key for key in _ENTRY_KEYS if key not in entry]
+    if missing:
+        raise ValueError(f"{file}: the genmod entry lacks {', '.join(missing)}")
     entry["path"] = str(file)
     return entry
 
@@ -289,7 +307,6 @@ def load_model(path: str | Path, map_location: Any = "cpu") -> Standardized:
         >>> model.log_prob(x).mean()  # doctest: +SKIP
     """
     entry = read_genmod_entry(path, map_location)
-    inner_cls = _model_class(entry["model_class"])
-    inner = inner_cls.from_state(entry["hparams"], entry["state_dict"])
+    inner = rebuild_model(entry["model_class"], entry["hparams"], entry["state_dict"])
     model = Standardized(inner, entry["mean"], entry["scale"])
     return model.eval()

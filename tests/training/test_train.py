@@ -167,12 +167,46 @@ def test_image_data_gets_a_sample_grid(train_cfg, tmp_path):
         "data=file",
         f"data.path={path}",
         "data.image_shape=[4,4]",
-        "model.learn_bandwidth=false",
+        "model=lvm",
+        "model.num_samples=16",
+        "model.eval_num_samples=256",
         data=("data.batch_size=64",),
     )
     metrics = train(cfg)
-    assert metrics["dim"] == 16
+    assert metrics["dim"] == 16 and metrics["estimator"] == "prior, K=256"
     acc = events(tmp_path / "run")
     assert "figures/model" in acc.Tags()["images"]
     entry = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["genmod"]
     assert entry["image_shape"] == [4, 4] and entry["data"]["path"] == str(path.resolve())
+
+
+def test_linear_latent_variable_model_logs_estimator_and_exact_nll(train_cfg, tmp_path):
+    cfg = train_cfg(
+        "model=lvm",
+        "model.decoder=linear",
+        "model.num_samples=32",
+        "model.eval_num_samples=2048",
+        "optimizer.lr=0.02",
+        "trainer.max_epochs=2",
+        "~callbacks.density_figures",  # a 2-D heat-map costs grid x K kernel evaluations
+    )
+    metrics = train(cfg)
+    run = tmp_path / "run"
+    assert metrics["training"] == "gradient descent"
+    assert metrics["estimator"] == "prior, K=2048"
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["estimator"] == "prior, K=2048"
+    tags = set(events(run).Tags()["scalars"])
+    assert {"model/noise_std", "val/nll_exact", "test/nll_exact"} <= tags
+
+    # The Monte Carlo NLL is an upper bound in expectation on the exact one (log-likelihood
+    # lower bound); with latent_dim = D = 2 and K = 2048 it is close.
+    assert metrics["test/nll"] >= metrics["test/nll_exact"] - 0.02
+    assert metrics["test/nll"] - metrics["test/nll_exact"] < 0.1
+
+    model = load_model(run)
+    x = build_datamodule(cfg.data).raw_split("test", torch.float64)
+    with torch.no_grad():
+        exact = model.eval_metrics(x)["nll_exact"]
+    assert float(exact) == pytest.approx(metrics["test/nll_exact"], rel=1e-5)
+    assert model.estimator == "prior, K=2048"
