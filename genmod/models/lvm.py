@@ -140,16 +140,15 @@ class LatentVariableModel(DensityModel):
     @noise_std.setter
     def noise_std(self, value: float | Tensor) -> None:
         std = torch.as_tensor(value, dtype=torch.float64).detach()
-        if std.shape not in ((), self.noise_log_excess.shape):
+        shape = self.noise_log_excess.shape
+        ok = std.shape in ((), shape) and bool((std.isfinite() & (std > self.min_noise_std)).all())
+        if not ok:
             raise ValueError(
-                f"noise_std must be a number or shape {tuple(self.noise_log_excess.shape)}, "
-                f"got shape {tuple(std.shape)}"
+                f"noise_std must be finite, > min_noise_std={self.min_noise_std} and a number "
+                f"or of shape {list(shape)}, got {value!r}"
             )
-        if not bool((torch.isfinite(std) & (std > self.min_noise_std)).all()):
-            raise ValueError(f"noise_std must be finite and > min_noise_std={self.min_noise_std}")
         with torch.no_grad():
-            excess = (std - self.min_noise_std).log().expand(self.noise_log_excess.shape)
-            self.noise_log_excess.copy_(excess)
+            self.noise_log_excess.copy_((std - self.min_noise_std).log().expand(shape))
 
     @property
     def estimator(self) -> str:
@@ -330,5 +329,5 @@ class LatentVariableModel(DensityModel):
         return model
 
     def extra_repr(self) -> str:
-        keys = ("data_dim", "latent_dim", "decoder", "noise", "estimator")
-        return ", ".join(f"{key}={self.hparams()[key]!r}" for key in keys)
+        hp = self.hparams()
+        return ", ".join(f"{k}={hp[k]!r}" for k in ("data_dim", "latent_dim", "decoder", "noise"))
