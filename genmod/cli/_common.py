@@ -14,7 +14,12 @@ from typing import Any
 import hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, InstantiationException
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    InstantiationException,
+    MissingConfigException,
+)
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -67,18 +72,29 @@ def user_error(err: BaseException) -> bool:
     return isinstance(err, _user_errors())
 
 
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
 def one_line(err: BaseException) -> str:
-    """The message of the innermost user error behind ``err``, on one line.
+    """The message of ``err`` on one line, without Hydra's and OmegaConf's context lines.
 
     Hydra wraps errors raised while instantiating a ``_target_`` in an
-    ``InstantiationException`` whose message repeats the target; the cause says what is wrong.
+    ``InstantiationException`` whose message repeats the target: the cause says what is
+    wrong. Errors that are not user errors keep their type name in front.
     """
     root = err
-    while root.__cause__ is not None and user_error(root.__cause__):
+    while isinstance(root, InstantiationException) and root.__cause__ is not None:
         root = root.__cause__
-    if isinstance(root, InstantiationException) and root.__cause__ is not None:
-        root = root.__cause__
-    text = " ".join(str(root).split()) or type(root).__name__
+    text = str(root)
+    if isinstance(root, MissingConfigException):
+        text = text.split("Config search path")[0]
+    elif isinstance(root, OmegaConfBaseException):
+        text = text.strip().splitlines()[0] if text.strip() else ""
+    text = _squash(text) or type(root).__name__
+    cause = root.__cause__
+    if isinstance(root, ConfigCompositionException) and cause is not None and str(cause).strip():
+        text += f" ({_squash(str(cause).strip().splitlines()[0])})"
     return text if user_error(root) else f"{type(root).__name__}: {text}"
 
 
@@ -127,8 +143,16 @@ def _precheck(config_name: str, argv: list[str], prog: str) -> None:
     flags = {arg for arg in argv if arg.startswith("-")}
     if _full_error() or flags - {"-m", "--multirun"}:
         return
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in argv:
+        if arg in flags:
+            continue
+        try:
+            parsed += parser.parse_overrides([arg])
+        except HydraException as err:
+            _fail(prog, ValueError(f"cannot parse override {arg!r}: {one_line(err)}"))
     try:
-        parsed = OverridesParser.create().parse_overrides([a for a in argv if a not in flags])
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         GlobalHydra.instance().clear()
         with hydra.initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ __all__ = [
     "build_model",
     "build_module",
     "build_trainer",
+    "check_arguments",
     "data_config",
     "to_container",
 ]
@@ -30,6 +33,44 @@ MODEL_SWITCHES = ("fit_closed_form", "fit_bandwidth")
 
 _DATA_ARGUMENTS = {"data": "train_data", "data_dim": "dim", "dim": "dim"}
 """Constructor argument -> datamodule attribute filled in when the config leaves it out."""
+
+
+_SIMPLE = (int, float, str, bool, type(None))
+
+
+def _simple_types(hint: Any) -> tuple[type, ...] | None:
+    """The plain types a type hint admits, or ``None`` when it admits anything else."""
+    if hint in _SIMPLE:
+        return (hint,)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if all(arg in _SIMPLE for arg in args):
+            return args
+    return None
+
+
+def check_arguments(target: Any, values: dict[str, Any], group: str) -> None:
+    """Raise ``ValueError`` naming ``group.key`` for a key ``target`` does not take, or a
+    value whose type its plain annotation (int, float, str, bool, optional) rules out."""
+    parameters = inspect.signature(target).parameters
+    name = getattr(target, "__name__", str(target))
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(values) - set(parameters))
+        if unknown:
+            raise ValueError(f"{group}.{unknown[0]} is not an argument of {name}")
+    try:
+        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+    except Exception:  # unresolvable forward references: nothing to check against
+        return
+    for key, value in values.items():
+        allowed = _simple_types(hints.get(key))
+        if allowed is None:
+            continue
+        if float in allowed and int not in allowed:
+            allowed = (*allowed, int)
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ValueError(f"{group}.{key} must be {names}, got {value!r}")
 
 
 def to_container(cfg: Any) -> Any:
@@ -80,8 +121,9 @@ def build_model(model_cfg: Any, datamodule: Any) -> tuple[DensityModel, dict[str
     target = getattr(factory, "func", None)
     if not (isinstance(target, type) and issubclass(target, DensityModel)):
         raise ValueError(f"model._target_ must be a genmod DensityModel class, got {target!r}")
+    check_arguments(target, dict(factory.keywords), "model")
     parameters = inspect.signature(target).parameters
-    given = set(getattr(factory, "keywords", {}))
+    given = set(factory.keywords)
     extra = {
         name: getattr(datamodule, attribute)
         for name, attribute in _DATA_ARGUMENTS.items()
@@ -139,6 +181,8 @@ def build_loggers(logger_cfg: Any) -> list[Any]:
 
 def build_trainer(trainer_cfg: Any, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
     """Instantiate the ``trainer`` config with the given callbacks and loggers."""
+    arguments = {k: v for k, v in to_container(trainer_cfg).items() if not k.startswith("_")}
+    check_arguments(L.Trainer, arguments, "trainer")
     trainer = instantiate(to_container(trainer_cfg), callbacks=callbacks, logger=loggers or False)
     if not isinstance(trainer, L.Trainer):
         raise ValueError("trainer._target_ must build a lightning.pytorch.Trainer")
