@@ -256,7 +256,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if cuda:
         peak = torch.cuda.max_memory_allocated(dev) - base
     else:
-        out = None
+        out = None  # the measured call allocates its own output
         peak, more, out = _cpu_peak(lambda: run(q))
         notes += more
     if q < n:
