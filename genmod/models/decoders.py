@@ -20,6 +20,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_positive",
+    "gaussian_rsample",
     "make_decoder",
     "GaussianEncoder",
     "build_mlp",
@@ -176,25 +177,35 @@ class GaussianEncoder(nn.Module):
     def rsample(
         self, x: Tensor, num_samples: int, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Reparametrised draws ``z = mean + exp(log_var / 2) * eps`` and ``log q(z | x)``.
-
-        Args:
-            x: data ``[n, D]``.
-            num_samples: draws per row ``K``.
-            generator: optional ``torch.Generator`` for ``eps ~ N(0, I)``.
-
-        Returns:
-            ``z`` ``[n, K, m]`` and ``log q(z | x)`` ``[n, K]`` in nats (differentiable in
-            the encoder's parameters through ``mean`` and ``log_var``).
-        """
+        """Reparametrised draws ``z ~ q(z | x)`` ``[n, K, m]`` and ``log q(z | x)`` ``[n, K]``
+        (see :func:`gaussian_rsample`)."""
         mean, log_var = self(x)
-        eps = torch.randn(
-            x.shape[0], num_samples, self.latent_dim,
-            generator=generator, dtype=mean.dtype, device=mean.device,
-        )  # fmt: skip
-        z = mean.unsqueeze(1) + (0.5 * log_var).exp().unsqueeze(1) * eps
-        log_q = standard_normal_log_prob(eps) - 0.5 * log_var.sum(-1, keepdim=True)
-        return z, log_q
+        return gaussian_rsample(mean, log_var, num_samples, generator)
+
+
+def gaussian_rsample(
+    mean: Tensor, log_var: Tensor, num_samples: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """``z = mean + exp(log_var / 2) * eps``, ``eps ~ N(0, I)``, and ``log N(z | mean, diag
+    exp(log_var))`` in nats.
+
+    Args:
+        mean: ``[n, m]``.
+        log_var: ``[n, m]``.
+        num_samples: draws per row ``K``.
+        generator: optional ``torch.Generator`` for ``eps`` (drawn as one ``[n, K, m]`` block).
+
+    Returns:
+        ``z`` ``[n, K, m]`` and ``log q(z)`` ``[n, K]``, differentiable in ``mean`` and
+        ``log_var``.
+    """
+    eps = torch.randn(
+        mean.shape[0], num_samples, mean.shape[-1],
+        generator=generator, dtype=mean.dtype, device=mean.device,
+    )  # fmt: skip
+    z = mean.unsqueeze(1) + (0.5 * log_var).exp().unsqueeze(1) * eps
+    log_q = standard_normal_log_prob(eps) - 0.5 * log_var.sum(-1, keepdim=True)
+    return z, log_q
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:

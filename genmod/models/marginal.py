@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from genmod.models.decoders import GaussianEncoder, standard_normal_log_prob
+from genmod.models.decoders import GaussianEncoder, gaussian_rsample, standard_normal_log_prob
 from genmod.ops import pairwise_logsumexp
 
 __all__ = ["decode_chunked", "prior_log_marginal", "importance_log_marginal"]
@@ -142,10 +142,10 @@ def importance_log_marginal(
     n = x.shape[0]
     chunk = max(1, chunk_rows // max(1, n))
     sigma = noise_std.to(x.dtype)
-    x_enc = x.to(noise_std.dtype)
+    mean, log_var = encoder(x.to(noise_std.dtype))
     parts = []
     for start in range(0, num_samples, chunk):
-        z, log_q = encoder.rsample(x_enc, min(chunk, num_samples - start), generator)
+        z, log_q = gaussian_rsample(mean, log_var, min(chunk, num_samples - start), generator)
         log_w = (standard_normal_log_prob(z) - log_q).to(x.dtype)
         qx, qy, scale = _kernel_inputs(x.unsqueeze(1), decode(z).to(x.dtype), sigma)
         parts.append(pairwise_logsumexp(qx, qy, scale, log_w).squeeze(1))
