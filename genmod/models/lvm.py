@@ -162,11 +162,9 @@ class LatentVariableModel(DensityModel):
         return self.num_samples if self.training else self.eval_num_samples
 
     def _check_input(self, x: Any) -> Tensor:
-        x = check_points(x, "x", self.dim)
-        if x.device != self.noise_log_excess.device:
-            raise ValueError(
-                f"x is on {x.device}, but the model is on {self.noise_log_excess.device}"
-            )
+        x, device = check_points(x, "x", self.dim), self.noise_log_excess.device
+        if x.device != device:
+            raise ValueError(f"x is on {x.device}, but the model is on {device}")
         return x
 
     # ------------------------------------------------------------------ decoding
@@ -272,15 +270,12 @@ class LatentVariableModel(DensityModel):
         n = self._check_n(n)
         param = self.noise_log_excess
         check_generator(generator, param.device)
+        spec = {"generator": generator, "dtype": param.dtype, "device": param.device}
         with torch.no_grad():
-            z = torch.randn(n, self.latent_dim, generator=generator, dtype=param.dtype,
-                            device=param.device)  # fmt: skip
-            means = self.decode(z)
+            means = self.decode(torch.randn(n, self.latent_dim, **spec))
             if not noise:
                 return means
-            eps = torch.randn(means.shape, generator=generator, dtype=means.dtype,
-                              device=means.device)  # fmt: skip
-            return means + self.noise_std * eps
+            return means + self.noise_std * torch.randn(means.shape, **spec).to(means.dtype)
 
     # ------------------------------------------------------------------ bookkeeping
     def eval_metrics(self, x: Tensor) -> dict[str, Tensor]:
