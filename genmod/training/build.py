@@ -17,6 +17,7 @@ from genmod.training.module import DensityModule
 
 __all__ = [
     "MODEL_SWITCHES",
+    "MODEL_TRAINING_KEYS",
     "build_callbacks",
     "build_datamodule",
     "build_loggers",
@@ -29,7 +30,11 @@ __all__ = [
 ]
 
 MODEL_SWITCHES = ("fit_closed_form", "fit_bandwidth")
-"""Keys of the ``model`` config that steer training and are not constructor arguments."""
+"""Boolean keys of the ``model`` config that steer training (not constructor arguments)."""
+
+MODEL_TRAINING_KEYS = ("lr",)
+"""Other training keys of the ``model`` config, read by other config groups (the optimizer's
+learning rate defaults to ``model.lr``) and removed before the model is built."""
 
 _DATA_ARGUMENTS = {"data": "train_data", "data_dim": "dim", "dim": "dim"}
 """Constructor argument -> datamodule attribute filled in when the config leaves it out."""
@@ -116,6 +121,8 @@ def build_model(model_cfg: Any, datamodule: Any) -> tuple[DensityModel, dict[str
         if not isinstance(value, bool):
             raise ValueError(f"model.{key} must be true or false, got {value!r}")
         switches[key] = value
+    for key in MODEL_TRAINING_KEYS:
+        cfg.pop(key, None)
     cfg["_partial_"] = True
     factory = instantiate(cfg)
     target = getattr(factory, "func", None)
