@@ -64,7 +64,7 @@ def tile_shape(
     The backward keeps about three tile-sized temporaries alive, so its tiles are smaller.
     """
     elems = max(256, tile_budget_bytes(device) // (itemsize * (3 if backward else 1)))
-    tm = min(M, max(64, min(4096, elems // 64)))
+    tm = min(M, max(64, min(1024, elems // 64)))
     tn = min(N, max(1, elems // tm))
     tb = min(B, max(1, elems // (tm * tn)))
     return tb, tn, tm
