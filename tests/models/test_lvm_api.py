@@ -190,6 +190,7 @@ def test_model_config_lists_every_constructor_default():
 
     cfg = yaml.safe_load((CONFIGS / "model" / "lvm.yaml").read_text())
     assert cfg.pop("_target_") == "genmod.LatentVariableModel" and cfg.pop("_partial_") is True
+    cfg.pop("lr", None)  # a training key (the optimizer's default lr), not an argument
     params = inspect.signature(LatentVariableModel).parameters
     defaults = {k: p.default for k, p in params.items() if k != "data_dim"}
     defaults["latent_dim"] = 2
@@ -206,6 +207,7 @@ def test_digits_experiment_builds_an_image_model():
     assert {"override /data": "digits"} in exp["defaults"]
     assert {"override /model": "lvm"} in exp["defaults"]
     base = yaml.safe_load((CONFIGS / "model" / "lvm.yaml").read_text())
+    base.pop("lr", None)
     model = instantiate({**base, **exp["model"]})(data_dim=64)
     assert model.estimator_type in ("prior", "importance") and model.latent_dim >= 8
     assert model.sample(4, noise=False).shape == (4, 64)
