@@ -1,0 +1,174 @@
+"""Triton backward kernels of the Gaussian pairwise logsumexp (flash-attention style recompute).
+
+With scores a_ij = w_j - ||x_i - y_j||^2 / (2 s^2) (minus -inf for excluded pairs), forward
+output out_i = logsumexp_j a_ij, incoming gradient g_i and p_ij = exp(a_ij - out_i), let
+P_ij = g_i p_ij. Then
+
+    dL/dw_j = sum_i P_ij
+    dL/dx_i = -(1 / s^2) (x_i sum_j P_ij - sum_j P_ij y_j)
+    dL/dy_j =  (1 / s^2) (sum_i P_ij x_i - y_j sum_i P_ij)
+    dL/ds   =  (1 / s^3) sum_ij P_ij ||x_i - y_j||^2
+
+Neither kernel stores P: each recomputes the block scores from x, y and the saved base-2
+logsumexp ``lse`` (``+inf`` where a row had no admissible term, which makes its p_ij zero).
+``lse_bwd_x_kernel`` streams y past a block of x (row sums: dL/dx and the per-row part of
+dL/ds); ``lse_bwd_y_kernel`` streams x past a block of y (column sums: dL/dy and dL/dw). Each
+output element is written by exactly one program, so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = ["lse_bwd_x_kernel", "lse_bwd_y_kernel"]
+
+
+@triton.jit
+def lse_bwd_x_kernel(
+    x_ptr,
+    y_ptr,
+    yy_ptr,
+    cy_ptr,
+    lse_ptr,
+    g_ptr,
+    k_ptr,
+    inv_s2_ptr,
+    excl_ptr,
+    gx_ptr,
+    sd_ptr,
+    N,
+    M,
+    D,
+    stride_xb,
+    stride_xn,
+    stride_yb,
+    stride_ym,
+    num_n_blocks,
+    NEED_GRAD: tl.constexpr,
+    HAS_EXCLUDE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """sd[b, i] = g_i sum_j p_ij ||x_i - y_j||^2, and gx[b, i] = dL/dx_i if NEED_GRAD.
+
+    Grid: (B * num_n_blocks,).
+    """
+    pid = tl.program_id(0)
+    b = (pid // num_n_blocks).to(tl.int64)
+    offs_n = (pid % num_n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = offs_n < N
+    mask_d = offs_d < D
+    mask_x = mask_n[:, None] & mask_d[None, :]
+    dtype = x_ptr.dtype.element_ty
+
+    x_ptrs = x_ptr + b * stride_xb + offs_n[:, None].to(tl.int64) * stride_xn + offs_d[None, :]
+    x = tl.load(x_ptrs, mask=mask_x, other=0.0)
+    xx = tl.sum(x * x, axis=1)
+    lse = tl.load(lse_ptr + b * N + offs_n, mask=mask_n, other=float("inf"))
+    k = tl.load(k_ptr)
+    if HAS_EXCLUDE:
+        excl = tl.load(excl_ptr + b * N + offs_n, mask=mask_n, other=-1)
+
+    y_base = y_ptr + b * stride_yb
+    row_sum = tl.zeros([BLOCK_N], dtype)
+    row_d2 = tl.zeros([BLOCK_N], dtype)
+    py = tl.zeros([BLOCK_N, BLOCK_D], dtype)
+    for start in range(0, M, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        y_ptrs = y_base + offs_m[:, None].to(tl.int64) * stride_ym + offs_d[None, :]
+        y = tl.load(y_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        cy = tl.load(cy_ptr + b * M + offs_m, mask=mask_m, other=float("-inf"))
+        yy = tl.load(yy_ptr + b * M + offs_m, mask=mask_m, other=0.0)
+        xy = tl.dot(x, tl.trans(y), input_precision=PRECISION, out_dtype=dtype)
+        t = cy[None, :] + k * xy - lse[:, None]
+        if HAS_EXCLUDE:
+            t = tl.where(offs_m[None, :] == excl[:, None], float("-inf"), t)
+        p = tl.exp2(t)
+        d2 = tl.maximum(xx[:, None] + yy[None, :] - 2.0 * xy, 0.0)
+        row_sum += tl.sum(p, axis=1)
+        row_d2 += tl.sum(p * d2, axis=1)
+        if NEED_GRAD:
+            py = tl.dot(p.to(dtype), y, py, input_precision=PRECISION, out_dtype=dtype)
+
+    g = tl.load(g_ptr + b * N + offs_n, mask=mask_n, other=0.0)
+    if NEED_GRAD:
+        inv_s2 = tl.load(inv_s2_ptr)
+        gx = (-g * inv_s2)[:, None] * (x * row_sum[:, None] - py)
+        gx_ptrs = gx_ptr + b * stride_xb + offs_n[:, None].to(tl.int64) * stride_xn
+        tl.store(gx_ptrs + offs_d[None, :], gx, mask=mask_x)
+    tl.store(sd_ptr + b * N + offs_n, g * row_d2, mask=mask_n)
+
+
+@triton.jit
+def lse_bwd_y_kernel(
+    x_ptr,
+    y_ptr,
+    cy_ptr,
+    lse_ptr,
+    g_ptr,
+    k_ptr,
+    inv_s2_ptr,
+    excl_ptr,
+    gy_ptr,
+    gw_ptr,
+    N,
+    M,
+    D,
+    stride_xb,
+    stride_xn,
+    stride_yb,
+    stride_ym,
+    num_m_blocks,
+    NEED_GRAD: tl.constexpr,
+    HAS_EXCLUDE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """gw[b, j] = dL/dw_j, and gy[b, j] = dL/dy_j if NEED_GRAD. Grid: (B * num_m_blocks,)."""
+    pid = tl.program_id(0)
+    b = (pid // num_m_blocks).to(tl.int64)
+    offs_m = (pid % num_m_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < M
+    mask_d = offs_d < D
+    mask_y = mask_m[:, None] & mask_d[None, :]
+    dtype = y_ptr.dtype.element_ty
+
+    y_ptrs = y_ptr + b * stride_yb + offs_m[:, None].to(tl.int64) * stride_ym + offs_d[None, :]
+    y = tl.load(y_ptrs, mask=mask_y, other=0.0)
+    cy = tl.load(cy_ptr + b * M + offs_m, mask=mask_m, other=float("-inf"))
+    k = tl.load(k_ptr)
+
+    x_base = x_ptr + b * stride_xb
+    col_sum = tl.zeros([BLOCK_M], dtype)
+    px = tl.zeros([BLOCK_M, BLOCK_D], dtype)
+    for start in range(0, N, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        x_ptrs = x_base + offs_n[:, None].to(tl.int64) * stride_xn + offs_d[None, :]
+        x = tl.load(x_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        lse = tl.load(lse_ptr + b * N + offs_n, mask=mask_n, other=float("inf"))
+        g = tl.load(g_ptr + b * N + offs_n, mask=mask_n, other=0.0)
+        yx = tl.dot(y, tl.trans(x), input_precision=PRECISION, out_dtype=dtype)
+        t = cy[:, None] + k * yx - lse[None, :]
+        if HAS_EXCLUDE:
+            excl = tl.load(excl_ptr + b * N + offs_n, mask=mask_n, other=-1)
+            t = tl.where(offs_m[:, None] == excl[None, :], float("-inf"), t)
+        p = tl.exp2(t) * g[None, :]
+        col_sum += tl.sum(p, axis=1)
+        if NEED_GRAD:
+            px = tl.dot(p.to(dtype), x, px, input_precision=PRECISION, out_dtype=dtype)
+
+    if NEED_GRAD:
+        inv_s2 = tl.load(inv_s2_ptr)
+        gy = inv_s2 * (px - y * col_sum[:, None])
+        gy_ptrs = gy_ptr + b * stride_yb + offs_m[:, None].to(tl.int64) * stride_ym
+        tl.store(gy_ptrs + offs_d[None, :], gy, mask=mask_y)
+    tl.store(gw_ptr + b * M + offs_m, col_sum, mask=mask_m)

@@ -1,0 +1,130 @@
+"""Launch configuration of the Triton pairwise-logsumexp kernels: tiles, warps, stages.
+
+Tiles come from a table per kernel, precision and padded dimension (see ``_TILES``). A GPU with
+less shared memory than the Hopper chips the table was made for (an A100 has 164 KiB) makes
+Triton refuse a launch with ``OutOfResources``; :func:`launch` then sheds pipeline stages and
+halves tiles until the kernel fits, and remembers the fit for the next call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["cdiv", "config", "interpreting", "launch"]
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division of non-negative integers."""
+    return -(-a // b)
+
+
+# (BLOCK_N, BLOCK_M, num_warps, num_stages) by kernel, precision and BLOCK_D for float32:
+# BLOCK_N tiles x, BLOCK_M tiles y. Chosen from an ahead-of-time compile sweep for sm_90 as the
+# largest tiles for which ptxas needs no register spill (the least spill where every candidate
+# spills, D >= 128) and shared memory stays under 227 KiB. "bwd_x" is the kernel that also
+# forms dL/dx; without it (a bandwidth step) the x-side backward uses the forward's tiles.
+_TILES: dict[str, dict[str, dict[int, tuple[int, int, int, int]]]] = {
+    "fwd": {
+        "ieee": {16: (128, 64, 8, 2), 32: (128, 64, 8, 2), 64: (128, 32, 8, 2),
+                 128: (32, 64, 8, 2), 256: (32, 32, 8, 2)},
+        "tf32x3": {16: (128, 128, 8, 2), 32: (128, 128, 8, 2), 64: (128, 64, 8, 2),
+                   128: (128, 32, 8, 2), 256: (64, 32, 4, 1)},
+        "tf32": {16: (128, 128, 8, 2), 32: (128, 128, 8, 2), 64: (128, 128, 8, 2),
+                 128: (128, 32, 8, 2), 256: (64, 32, 4, 1)},
+    },
+    "bwd_x": {
+        "ieee": {16: (128, 64, 8, 2), 32: (64, 64, 8, 2), 64: (64, 32, 8, 2),
+                 128: (32, 64, 8, 2), 256: (32, 64, 8, 2)},
+        "tf32x3": {16: (128, 64, 8, 2), 32: (128, 32, 8, 2), 64: (128, 32, 8, 2),
+                   128: (64, 32, 8, 2), 256: (16, 64, 8, 2)},
+        "tf32": {16: (128, 64, 8, 2), 32: (128, 64, 8, 2), 64: (128, 64, 8, 2),
+                 128: (64, 32, 8, 2), 256: (64, 32, 8, 1)},
+    },
+    "bwd_y": {
+        "ieee": {16: (128, 64, 8, 2), 32: (128, 32, 8, 2), 64: (64, 32, 8, 2),
+                 128: (64, 32, 8, 2), 256: (64, 16, 8, 2)},
+        "tf32x3": {16: (64, 64, 8, 2), 32: (64, 64, 8, 2), 64: (64, 32, 8, 2),
+                   128: (64, 32, 8, 2), 256: (64, 16, 8, 2)},
+        "tf32": {16: (128, 64, 8, 2), 32: (128, 64, 8, 2), 64: (128, 64, 8, 2),
+                 128: (64, 32, 8, 2), 256: (64, 32, 8, 1)},
+    },
+}  # fmt: skip
+
+
+def config(kernel: str, precision: str, dim: int, dtype: torch.dtype) -> dict[str, int]:
+    """Launch meta-parameters of ``kernel`` ("fwd", "bwd_x", "bwd_y") for data dimension ``dim``.
+
+    Returns ``BLOCK_N``, ``BLOCK_M``, ``BLOCK_D`` (``dim`` padded to a power of two >= 16, the
+    smallest matrix-unit operand), ``num_warps`` and ``num_stages``.
+    """
+    block_d = max(16, 1 << (dim - 1).bit_length())
+    if interpreting():
+        # Small tiles: several blocks and ragged edges are exercised at test sizes.
+        block_n, block_m, warps, stages = 32, 16, 4, 1
+    elif dtype == torch.float64:
+        block_n, block_m, warps, stages = (64, 32, 4, 1) if block_d <= 128 else (32, 32, 4, 1)
+    else:
+        block_n, block_m, warps, stages = _TILES[kernel][precision][block_d]
+    return dict(
+        BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, num_stages=stages
+    )
+
+
+_FITTED: dict[tuple, dict[str, int]] = {}
+
+
+def _shrink(meta: dict[str, int]) -> dict[str, int] | None:
+    """The next smaller configuration: one pipeline stage less, else the larger tile halved."""
+    meta = dict(meta)
+    if meta["num_stages"] > 1:
+        meta["num_stages"] -= 1
+        return meta
+    key = "BLOCK_N" if meta["BLOCK_N"] >= meta["BLOCK_M"] else "BLOCK_M"
+    if meta[key] <= 16:
+        return None
+    meta[key] //= 2
+    return meta
+
+
+def launch(
+    kernel: Any,
+    name: str,
+    precision: str,
+    x: torch.Tensor,
+    rows: int,
+    tile: str,
+    args: Sequence[Any],
+    **flags: Any,
+) -> None:
+    """Launch ``kernel`` over ``x.shape[0] * cdiv(rows, meta[tile])`` programs.
+
+    ``args`` are the runtime arguments, to which the number of row blocks is appended; ``flags``
+    the compile-time ones besides the tiling. Shrinks the tiling on ``OutOfResources``.
+    """
+    from triton.runtime.errors import OutOfResources
+
+    meta = config(name, precision, x.shape[-1], x.dtype)
+    key = (id(kernel), name, precision, tuple(sorted(flags.items())), meta["BLOCK_D"], x.dtype,
+           x.device)  # fmt: skip
+    meta = _FITTED.get(key, meta)
+    while True:
+        blocks = cdiv(rows, meta[tile])
+        try:
+            kernel[(x.shape[0] * blocks,)](*args, blocks, **flags, **meta)
+        except OutOfResources:
+            smaller = _shrink(meta)
+            if smaller is None:
+                raise
+            meta = smaller
+            continue
+        _FITTED[key] = meta
+        return
