@@ -118,7 +118,6 @@ def test_gaussian_gradient_descent_approaches_closed_form(train_cfg, tmp_path):
         train_cfg(
             "model=gaussian",
             "model.fit_closed_form=false",
-            "optimizer.lr=0.05",
             "trainer.max_epochs=12",
             "callbacks.early_stopping.patience=100",
             name="descended",
