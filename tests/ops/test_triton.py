@@ -249,7 +249,8 @@ def test_cuda_accuracy_4096(precision: str) -> None:
         d2 = torch.cdist(x[0].double(), y[0].double()) ** 2
         ref = torch.logsumexp(-d2 / (2 * h * h), -1)
         err = ((got[0] - ref).abs() / ref.abs().clamp_min(1)).max().item()
-        bound = FP32_BOUND if precision != "tf32" else 2e-3  # tf32 keeps ~11 bits: opt-in only
+        # TF32 keeps ~11 bits of x.y: rounding the operands on CPU gives at most 1.3e-3 here.
+        bound = FP32_BOUND if precision != "tf32" else 2e-3
         assert err <= bound, (precision, h, err)
 
 
