@@ -31,17 +31,20 @@ EXIT_USER_ERROR = 2
 """Exit status of a command stopped by invalid input (a config value, a file, the data)."""
 
 
-def config_dir() -> Path:
+def config_dir(package: Path | None = None) -> Path:
     """The directory holding ``train.yaml`` and the config groups.
 
     ``genmod/configs`` inside the installed package (a wheel force-includes the repository's
     ``configs/`` there), else the repository's top-level ``configs/`` (a source checkout or
     an editable install). Independent of the working directory.
 
+    Args:
+        package: the ``genmod`` package directory (default: the one this module is in).
+
     Raises:
         FileNotFoundError: when neither exists (a broken installation).
     """
-    package = Path(__file__).resolve().parents[1]
+    package = Path(__file__).resolve().parents[1] if package is None else Path(package)
     for candidate in (package / "configs", package.parent / "configs"):
         if (candidate / "train.yaml").is_file():
             return candidate

@@ -108,7 +108,7 @@ class DensityModule(L.LightningModule):
         self.automatic_optimization = self.trains_by_gradient
         self.val_nll_best = math.inf
         self._fitted = False
-        self._sums: dict[str, list[Tensor]] = {}
+        self._sums: dict[str, Tensor] = {}
         self._test_log_probs: list[Tensor] = []
         self._rng_state: dict[str, Tensor] | None = None
 
@@ -179,9 +179,8 @@ class DensityModule(L.LightningModule):
     def _evaluate(self, split: str, x: Tensor) -> Tensor:
         """Per-example log-likelihoods of ``x`` in data units; accumulates ``split`` sums."""
         log_prob = self.model.log_prob(x).double() - self.log_scale_sum
-        sums = self._sums.setdefault(split, [torch.zeros(3, dtype=torch.float64)])
         stats = torch.stack([-log_prob.sum(), log_prob.square().sum(), log_prob.new_tensor(len(x))])
-        sums[0] = sums[0].to(stats.device) + stats
+        self._sums[split] = self._sums.get(split, torch.zeros_like(stats)).to(stats) + stats
         for key, value in self.model.eval_metrics(x).items():
             value = value + self.log_scale_sum if key.startswith("nll") else value
             self.log(f"{split}/{key}", value, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
@@ -189,7 +188,7 @@ class DensityModule(L.LightningModule):
 
     def _reduce(self, split: str) -> tuple[float, float, int]:
         """``(mean NLL, standard error, count)`` of ``split`` over all processes; resets it."""
-        stats = self._sums.pop(split, [torch.zeros(3, dtype=torch.float64)])[0]
+        stats = self._sums.pop(split, torch.zeros(3, dtype=torch.float64))
         stats = self.trainer.strategy.reduce(stats.to(self.device), reduce_op="sum")
         nll_sum, square_sum, count = (float(v) for v in stats)
         if count == 0:

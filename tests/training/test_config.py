@@ -32,6 +32,20 @@ def test_configs_are_found_from_any_directory(tmp_path, monkeypatch):
     }
 
 
+def test_installed_configs_take_precedence_over_a_checkout(tmp_path):
+    wheel = tmp_path / "site-packages" / "genmod"
+    (wheel / "configs").mkdir(parents=True)
+    (wheel / "configs" / "train.yaml").write_text("task_name: train\n")
+    assert config_dir(wheel) == wheel / "configs"
+    checkout = tmp_path / "repo" / "genmod"
+    checkout.mkdir(parents=True)
+    (tmp_path / "repo" / "configs").mkdir()
+    (tmp_path / "repo" / "configs" / "train.yaml").write_text("task_name: train\n")
+    assert config_dir(checkout) == tmp_path / "repo" / "configs"
+    with pytest.raises(FileNotFoundError, match="genmod configs not found"):
+        config_dir(tmp_path / "nowhere" / "genmod")
+
+
 @pytest.mark.parametrize(
     "override",
     [f"model={m}" for m in options("model")]
