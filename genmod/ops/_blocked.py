@@ -143,8 +143,9 @@ class BlockedPairwiseLSE(torch.autograd.Function):
         g = grad_out.to(x.dtype)
         if expanded and _fused.use_fused(x, B * N * M):
             gx, gy, d2c, gw = _fused.fused_gaussian_backward(
-                x, y, inv_s2, bias, ref, g.contiguous(), exclude
-            )
+                x, y, inv_s2, bias, ref, g.contiguous(), exclude,
+                need_rows=need_x or need_s, need_cols=need_y or need_w,
+            )  # fmt: skip
             grad_s = (-2.0 * d2c * inv_s2 / scale).reshape(scale.shape) if need_s else None
             return gx, gy, grad_s, gw if need_w else None, None, None
         gx = torch.zeros_like(x) if need_x else None
