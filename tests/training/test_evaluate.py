@@ -20,7 +20,7 @@ from genmod.training.evaluate import (
     resolve_device,
     verdict,
 )
-from genmod.training.figures import sample_figure
+from genmod.training.figures import image_grid_figure, sample_figure
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_resolve_device_rejects_unknown_devices():
 
 @pytest.mark.parametrize(
     ("dim", "image_shape", "axes"),
-    [(1, None, 1), (2, None, 3), (5, None, 1), (16, (4, 4), 9)],
+    [(1, None, 1), (2, None, 3), (5, None, 1), (16, (4, 4), 1)],
 )
 def test_sample_figure_fits_the_data(gen, dim, image_shape, axes):
     data = torch.randn(200, dim, generator=gen)
@@ -135,7 +135,19 @@ def test_sample_figure_fits_the_data(gen, dim, image_shape, axes):
 
     fig = sample_figure(samples, image_shape=image_shape, data=data, log_density=log_density)
     assert isinstance(fig, Figure)
-    assert len(fig.axes) == axes  # heat-map + colour bar + samples for 2-D; one per image
+    assert len(fig.axes) == axes  # heat-map + colour bar + samples for 2-D; images: a mosaic
+
+
+def test_image_grid_is_a_mosaic_of_the_images(gen):
+    images = torch.rand(10, 12, generator=gen) * 16  # ten 3x4 images, pixel units
+    fig = image_grid_figure(images, (3, 4), value_range=(0.0, 16.0))
+    mosaic = torch.as_tensor(fig.axes[0].images[0].get_array())
+    assert mosaic.shape == (3 * 4 - 1, 4 * 5 - 1)  # 4 columns x 3 rows of tiles, 1-px gaps
+    for k in range(10):
+        r, c = divmod(k, 4)
+        tile = mosaic[r * 4 : r * 4 + 3, c * 5 : c * 5 + 4]
+        torch.testing.assert_close(tile, images[k].reshape(3, 4) / 16.0)
+    assert float(mosaic[3].abs().max()) == 0.0  # the gap row between tile rows is blank
 
 
 def test_density_module_rejects_switches_the_model_cannot_honour(gen):
