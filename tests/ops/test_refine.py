@@ -18,9 +18,8 @@ def test_estimate_bounds_the_unrefined_error(monkeypatch, dim, scale, std):
     y = std * torch.randn(1000, dim, generator=g) + 0.5
     # Typical queries, and queries a fraction of a bandwidth from a reference point (where
     # the result is small and the expansion's cancellation matters most).
-    x = torch.cat(
-        [std * torch.randn(60, dim, generator=g), y[:60] + 0.3 * scale * torch.randn(60, dim)]
-    )
+    near = y[:60] + 0.3 * scale * torch.randn(60, dim, generator=g)
+    x = torch.cat([std * torch.randn(60, dim, generator=g), near])
     ref = brute_pairwise_logsumexp(x, y, scale)
     monkeypatch.setattr(_refine, "TOL", float("inf"))  # the expansion alone
     raw = pairwise_logsumexp(x, y, scale)
