@@ -142,11 +142,13 @@ class BlockedPairwiseLSE(torch.autograd.Function):
         ref = ref.masked_fill(out == -math.inf, math.inf)
         g = grad_out.to(x.dtype)
         if expanded and _fused.use_fused(x, B * N * M):
-            gx, gy, d2c, gw = _fused.fused_gaussian_backward(
-                x, y, inv_s2, bias, ref, g.contiguous(), exclude,
-                need_rows=need_x or need_s, need_cols=need_y or need_w,
-            )  # fmt: skip
-            grad_s = (-2.0 * d2c * inv_s2 / scale).reshape(scale.shape) if need_s else None
+            flags = (need_x, need_y, need_s, need_w)
+            need = "".join(k for k, on in zip("xysw", flags, strict=True) if on)
+            gx, gy, d2g, gw = _fused.fused_gaussian_backward(
+                x, y, inv_s2, bias, lw_, out, ref, g.contiguous(), exclude, need
+            )
+            # d/ds of -|x - y|^2 / (2 s^2) is |x - y|^2 / s^3.
+            grad_s = (d2g * inv_s2 / scale).reshape(scale.shape) if need_s else None
             return gx, gy, grad_s, gw if need_w else None, None, None
         gx = torch.zeros_like(x) if need_x else None
         gy = torch.zeros_like(y) if need_y else None

@@ -29,6 +29,16 @@ PROBE_TILE = (512, 1024)
 
 _compiled: dict[str, object] = {}
 
+# Arguments of the probe call of each compiled function, for a tile of n x m.
+_PROBES = {
+    "_epilogue": lambda n, m: (torch.zeros(n, m), torch.zeros(m), torch.zeros(n), torch.zeros(n)),
+    "_backward_epilogue": lambda n, m: (torch.zeros(n, m), torch.zeros(m), torch.zeros(n)),
+    "_scale_epilogue": lambda n, m: (
+        torch.zeros(n, m), torch.zeros(m), torch.zeros(m), torch.zeros(n), torch.zeros(n),
+        torch.zeros(n),
+    ),
+}  # fmt: skip
+
 
 def _epilogue(scores: Tensor, bias: Tensor, m: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     sc = scores + bias
@@ -38,10 +48,22 @@ def _epilogue(scores: Tensor, bias: Tensor, m: Tensor, s: Tensor) -> tuple[Tenso
     return m_new, s_new
 
 
-def _backward_epilogue(scores: Tensor, bias: Tensor, ref: Tensor, coef: Tensor) -> None:
-    """Overwrite the tile with ``C_ij = coef_i exp(score_ij + bias_j - ref_i)`` in one pass
-    (``coef = -g / 2``: ``C_ij = -g_i p_ij / 2``)."""
-    scores.copy_(torch.exp(scores + bias - ref.unsqueeze(1)) * coef.unsqueeze(1))
+def _backward_epilogue(scores: Tensor, bias: Tensor, ref: Tensor) -> None:
+    """Overwrite the tile with ``p_ij = exp(score_ij + bias_j - ref_i)`` in one pass."""
+    scores.copy_(torch.exp(scores + bias - ref.unsqueeze(1)))
+
+
+def _scale_epilogue(
+    scores: Tensor, bias: Tensor, lw: Tensor, ref: Tensor, a: Tensor, b: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Row sums ``a_i += sum_j p_ij`` and ``b_i += sum_j p_ij (lw_j - t_ij)`` of one tile,
+    ``t_ij = score_ij + bias_j - ref_i = log p_ij``, without writing the tile.
+
+    Since ``t_ij = lw_j - |x_i - y_j|^2 / (2 s^2) - out_i``, these give the bandwidth's
+    gradient without a GEMM: ``sum_j p_ij |x_i - y_j|^2 = 2 s^2 (b_i - out_i a_i)``."""
+    t = scores + bias - ref.unsqueeze(1)
+    p = torch.exp(t)
+    return a + p.sum(1), b + torch.where(p > 0, p * (lw - t), 0.0).sum(1)
 
 
 def _get(fn):
@@ -55,8 +77,7 @@ def _get(fn):
                 # Inductor sizes its loops (and decides to parallelise them) from the first
                 # call's shapes: probe with a tile of typical size, not a toy one.
                 n, m = PROBE_TILE
-                probe = (torch.zeros(n, m), torch.zeros(m), torch.zeros(n), torch.zeros(n))
-                compiled(*probe)
+                compiled(*_PROBES[name](n, m))
                 _compiled[name] = compiled
             except Exception as err:  # pragma: no cover - depends on the toolchain
                 warnings.warn(
@@ -113,48 +134,59 @@ def fused_gaussian_backward(
     y: Tensor,
     inv_s2: Tensor,
     bias: Tensor,
+    lw: Tensor,
+    out: Tensor,
     ref: Tensor,
     g: Tensor,
     exclude: Tensor | None,
-    need_rows: bool = True,
-    need_cols: bool = True,
+    need: str = "xys",
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of the expanded gaussian reduction, with ``C_ij = -g_i p_ij / 2``.
+    """Gradients of the expanded gaussian reduction ``out_i = lse_j (lw_j - |x_i - y_j|^2 / 2s^2)``
+    for upstream gradients ``g``, with ``p_ij = exp(score_ij + bias_j - ref_i)``.
 
-    Each tile's scores are recomputed by one GEMM and turned into ``C`` in place by one fused
-    elementwise pass; then at most two GEMMs per tile accumulate, over all tiles,
-    ``C [y, 1, |y|^2]`` (``[N, D + 2]``: the row sums ``sum_j C_ij y_j``, ``sum_j C_ij`` and
-    ``sum_j C_ij |y_j|^2``) when ``need_rows`` (gradients of x or the scale) and
-    ``C^T [x, 1]`` (``[M, D + 1]``) when ``need_cols`` (gradients of y or the log-weights).
-    The gradients are assembled once at the end:
+    Each tile's scores are recomputed by one GEMM. ``need`` names the gradients wanted
+    (``x``, ``y`` or ``w`` for the log-weights, ``s`` for the scale); only their work is done:
 
-        grad_x_i = (2 / s^2) (x_i sum_j C_ij - sum_j C_ij y_j)
-        grad_y_j = (2 / s^2) (y_j sum_i C_ij - sum_i C_ij x_i)
-        sum_ij C_ij |x_i - y_j|^2 = sum_i (|x_i|^2 sum_j C_ij + sum_j C_ij |y_j|^2
-                                           - 2 x_i . sum_j C_ij y_j)
-        grad_lw_j = sum_i g_i p_ij = -2 sum_i C_ij
+    - ``x``: the tile becomes ``P`` in place and ``P [y, 1]`` (``[N, D + 1]``, a GEMM) is
+      accumulated over the tiles; ``grad_x_i = (g_i / s^2) (sum_j p_ij y_j - x_i sum_j p_ij)``.
+      With ``s`` the GEMM takes the column ``|y|^2`` too and gives ``sum_j p_ij |x_i - y_j|^2
+      = |x_i|^2 sum_j p_ij + sum_j p_ij |y_j|^2 - 2 x_i . sum_j p_ij y_j``.
+    - ``y`` / ``w``: ``P^T [g x, g]`` (``[M, D + 1]``, a GEMM);
+      ``grad_y_j = (1 / s^2) (sum_i g_i p_ij x_i - y_j sum_i g_i p_ij)`` and
+      ``grad_lw_j = sum_i g_i p_ij``.
+      With ``s`` and without ``x`` the GEMM takes the column ``g |x|^2`` too, for the same
+      expansion by columns.
+    - ``s`` alone (a KDE's bandwidth): no GEMM, one fused pass of row sums,
+      ``sum_j p_ij |x_i - y_j|^2 = 2 s^2 (sum_j p_ij (lw_j - log p_ij) - out_i sum_j p_ij)``.
 
-    Returns ``(grad_x, grad_y, sum_ij C_ij |x_i - y_j|^2, grad_log_weights)``, the first
-    and third None without ``need_rows``, the second and fourth None without ``need_cols``.
+    Returns ``(grad_x, grad_y, sum_ij g_i p_ij |x_i - y_j|^2, grad_lw)``, None where not needed.
     """
-    epilogue = _get(_backward_epilogue)
+    need_x, need_s = "x" in need, "s" in need
+    need_c = "y" in need or "w" in need
+    stats = need_s and not need_x and not need_c
+    cols_s = need_s and not need_x and need_c
+    p_epi = _get(_backward_epilogue) if (need_x or need_c) else None
+    s_epi = _get(_scale_epilogue) if stats else None
     B, N, D = x.shape
     M = y.shape[1]
     _, tn, tm = _tiles.tile_shape(1, N, M, x.element_size(), x.device)
     buf = torch.empty(tn * tm, dtype=x.dtype, device=x.device)
-    coef = -0.5 * g
-    gx = torch.empty_like(x) if need_rows else None
-    gy = torch.empty_like(y) if need_cols else None
-    gw = torch.empty(B, M, dtype=x.dtype) if need_cols else None
-    d2c = torch.zeros((), dtype=x.dtype) if need_rows else None
+    gx = torch.empty_like(x) if need_x else None
+    gy = torch.empty_like(y) if need_c else None
+    gw = torch.empty(B, M, dtype=x.dtype) if need_c else None
+    d2g = torch.zeros((), dtype=x.dtype) if need_s else None
     for b in range(B):
-        xb, yb = x[b], y[b]
+        xb, yb, gb = x[b], y[b], g[b].unsqueeze(1)
         x2, y2 = xb.square().sum(-1, keepdim=True), yb.square().sum(-1, keepdim=True)
         xs, yt = xb * inv_s2, yb.t()
-        ya = torch.cat([yb, torch.ones_like(y2), y2], 1) if need_rows else None
-        xa = torch.cat([xb, torch.ones_like(x2)], 1) if need_cols else None
-        acc_r = x.new_zeros(N, D + 2) if need_rows else None
-        acc_c = x.new_zeros(M, D + 1) if need_cols else None
+        cols = [yb, torch.ones_like(y2)] + ([y2] if need_s else [])
+        ya = torch.cat(cols, 1) if need_x else None
+        xcols = [xb * gb, gb] + ([x2 * gb] if cols_s else [])
+        xa = torch.cat(xcols, 1) if need_c else None
+        acc_r = x.new_zeros(N, ya.shape[1]) if need_x else None
+        acc_c = x.new_zeros(M, xa.shape[1]) if need_c else None
+        row_a = x.new_zeros(N) if stats else None
+        row_b = x.new_zeros(N) if stats else None
         for i0 in range(0, N, tn):
             i1 = min(N, i0 + tn)
             ex = None if exclude is None else exclude[b, i0:i1]
@@ -163,17 +195,33 @@ def fused_gaussian_backward(
                 tile = buf[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
                 torch.mm(xs[i0:i1], yt[:, j0:j1], out=tile)
                 _mask(tile, ex, j0)
-                epilogue(tile, bias[b, j0:j1], ref[b, i0:i1], coef[b, i0:i1])
+                if s_epi is not None:
+                    row_a[i0:i1], row_b[i0:i1] = s_epi(
+                        tile, bias[b, j0:j1], lw[b, j0:j1], ref[b, i0:i1], row_a[i0:i1],
+                        row_b[i0:i1],
+                    )  # fmt: skip
+                if p_epi is None:
+                    continue
+                p_epi(tile, bias[b, j0:j1], ref[b, i0:i1])
                 if acc_r is not None:
                     acc_r[i0:i1].addmm_(tile, ya[j0:j1])
                 if acc_c is not None:
                     acc_c[j0:j1].addmm_(tile.t(), xa[i0:i1])
         if acc_r is not None:
-            cy, row_c = acc_r[:, :D], acc_r[:, D : D + 1]
-            gx[b] = (row_c * xb - cy) * (2.0 * inv_s2)
-            d2c += (row_c * x2).sum() + acc_r[:, D + 1].sum() - 2.0 * (cy * xb).sum()
+            py, row_p = acc_r[:, :D], acc_r[:, D : D + 1]
+            gx[b] = (py - row_p * xb) * (gb * inv_s2)
+            if need_s:
+                d2 = row_p * x2 + acc_r[:, D + 1 :] - 2.0 * (py * xb).sum(1, keepdim=True)
+                d2g += (gb * d2).sum()
         if acc_c is not None:
-            cx, col_c = acc_c[:, :D], acc_c[:, D : D + 1]
-            gy[b] = (col_c * yb - cx) * (2.0 * inv_s2)
-            gw[b] = col_c.squeeze(1) * -2.0
-    return gx, gy, d2c, gw
+            gpx, col_g = acc_c[:, :D], acc_c[:, D : D + 1]
+            gy[b] = (gpx - col_g * yb) * inv_s2
+            gw[b] = col_g.squeeze(1)
+            if cols_s:
+                d2 = col_g * y2 + acc_c[:, D + 1 :] - 2.0 * (gpx * yb).sum(1, keepdim=True)
+                d2g += d2.sum()
+        if stats:
+            live = out[b] > -math.inf  # rows with no finite score have p = 0 everywhere
+            d2 = (row_b - out[b].masked_fill(~live, 0.0) * row_a) * (2.0 / inv_s2)
+            d2g += (g[b] * d2.masked_fill(~live, 0.0)).sum()
+    return gx, gy, d2g, gw
