@@ -64,31 +64,33 @@ def make_data(n: int, m: int, d: int, seed: int, device: str) -> tuple[Tensor, T
     return ((x - mu) @ white).float().to(device), ((y - mu) @ white).float().to(device)
 
 
-def bruteforce_lse(x: Tensor, y: Tensor, h: float) -> tuple[Tensor, Tensor]:
-    """Float64 ``lse_i`` and its gradient in x_i, ``(sum_j p_ij y_j - x_i) / h^2``, from
-    explicit differences (no ``|x|^2 + |y|^2 - 2 x.y`` expansion), in bounded memory."""
+def bruteforce_lse(x: Tensor, y: Tensor, h: float) -> tuple[Tensor, Tensor, float]:
+    """Float64 ``lse_i``, its gradient in x_i, ``(sum_j p_ij y_j - x_i) / h^2``, and the
+    gradient of ``sum_i lse_i`` in h, ``sum_ij p_ij |x_i - y_j|^2 / h^3``, from explicit
+    differences (no ``|x|^2 + |y|^2 - 2 x.y`` expansion), in bounded memory."""
     x, y = x.double(), y.double()
     (n, d), m = x.shape, y.shape[0]
     rows = max(1, min(n, (1 << 24) // m))
     cols = max(1, (1 << 24) // (rows * d))
-    lse, grad = [], []
+    lse, grad, grad_h = [], [], 0.0
     for i0 in range(0, n, rows):
         xi = x[i0 : i0 + rows]
         r2 = torch.cat(
             [(xi[:, None, :] - y[None, j : j + cols]).square().sum(-1) for j in range(0, m, cols)],
             dim=1,
         )
-        s = r2.mul_(-0.5 / h**2)
-        lse.append(torch.logsumexp(s, dim=1))
-        grad.append((torch.softmax(s, dim=1) @ y - xi) / h**2)
-    return torch.cat(lse), torch.cat(grad)
+        p = torch.softmax(r2 * (-0.5 / h**2), dim=1)
+        lse.append(torch.logsumexp(r2.mul_(-0.5 / h**2), dim=1))
+        grad_h += (p * r2).sum().item() * (-2.0) / h  # r2 now holds -|x - y|^2 / (2 h^2)
+        grad.append((p @ y - xi) / h**2)
+    return torch.cat(lse), torch.cat(grad), grad_h
 
 
 def reference(spec: dict[str, Any]) -> dict[str, Any]:
     """Child body: the float64 reference (lse and grad_x) on the first ``ERR_ROWS`` rows."""
     x, y = make_data(spec["n"], spec["m"], spec["d"], spec["seed"], spec["device"])
-    lse, grad = bruteforce_lse(x[:ERR_ROWS], y, spec["h"])
-    return {"lse": lse.cpu().tolist(), "grad": grad.cpu().flatten().tolist()}
+    lse, grad, grad_h = bruteforce_lse(x[:ERR_ROWS], y, spec["h"])
+    return {"lse": lse.cpu().tolist(), "grad": grad.cpu().flatten().tolist(), "grad_h": grad_h}
 
 
 def _blocks(q: int, rows: int):
@@ -118,6 +120,23 @@ def _build(tool: str, x: Tensor, y: Tensor, h: float, state: dict) -> Callable[[
             return out.detach()
 
         return fwd_bwd
+    if tool in ("genmod-bwd-h", "genmod-bwd-yh"):
+        # The gradients training takes: a KDE fits its bandwidth alone; a latent-variable
+        # model's decoder moves the reference points y (its samples) and the noise scale.
+
+        def fwd_bwd_h(q: int, rows: int | None = None) -> Tensor:
+            ys = y.detach().requires_grad_(tool == "genmod-bwd-yh")
+            scale = torch.tensor(h, dtype=x.dtype, device=x.device, requires_grad=True)
+            out = pairwise_logsumexp(x[:q], ys, scale)
+            w = torch.ones_like(out)
+            if rows is not None:  # the accuracy check: the gradient of the first rows' sum
+                w[rows:] = 0.0
+            out.backward(w)
+            state["grad_h"] = scale.grad.item()
+            return out.detach()
+
+        state["check"] = lambda: fwd_bwd_h(n, ERR_ROWS)  # full size: the same code path
+        return fwd_bwd_h
     if tool == "sklearn":
         from sklearn.neighbors import KernelDensity
 
@@ -132,7 +151,7 @@ def _build(tool: str, x: Tensor, y: Tensor, h: float, state: dict) -> Callable[[
         # float64 sample covariance, the identity only up to float32 rounding of the data.
         cov = torch.from_numpy(kde.covariance)
         inv_t = torch.linalg.inv(torch.linalg.cholesky(cov)).T
-        own, _ = bruteforce_lse(x[:ERR_ROWS].double() @ inv_t, y.double() @ inv_t, 1.0)
+        own, _, _ = bruteforce_lse(x[:ERR_ROWS].double() @ inv_t, y.double() @ inv_t, 1.0)
         state["own_ref"] = (own - 0.5 * torch.logdet(cov) + d * math.log(h)).tolist()
         return lambda q: torch.from_numpy(kde.logpdf(x[:q].numpy().T)) + kde_const
     if tool == "keops":
@@ -268,6 +287,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if "own_ref" in state:
         iso = rel_err(state["own_ref"], ref["lse"])
         notes.append(f"error vs its own kernel, which differs from h^2 I by {iso:.1e}")
+    if "check" in state:  # one more, untimed, call whose bandwidth gradient the reference has
+        state["check"]()
+        g_ref = ref["grad_h"]
+        notes.append(f"grad h rel. err {abs(state['grad_h'] - g_ref) / abs(g_ref):.1e}")
     if "grad" in state:
         ref_grad = torch.tensor(ref["grad"]).view_as(state["grad"])
         notes.append(f"grad x rel. err {rel_err(state['grad'], ref_grad):.1e}")

@@ -35,7 +35,9 @@ SIZES = {"cpu": "10000x10000x16,20000x20000x64", "cuda": "100000x100000x64,10000
 QUICK = {"cpu": "1000x1500x16", "cuda": "20000x30000x64"}
 LABELS = {
     "genmod": "genmod fwd",
-    "genmod-bwd": "genmod fwd+bwd",
+    "genmod-bwd": "genmod fwd+bwd (grad x, y, h)",
+    "genmod-bwd-h": "genmod fwd+bwd (grad h: KDE fit)",
+    "genmod-bwd-yh": "genmod fwd+bwd (grad y, h: LVM decoder)",
     "genmod-tf32": "genmod fwd, precision='tf32'",
     "sklearn": "scikit-learn KernelDensity",
     "scipy": "scipy gaussian_kde",
@@ -46,6 +48,7 @@ LABELS = {
     "floor-exp": "floor: exp per pair",
     "floor": "floor: GEMM + exp",
 }
+GRADS = ("genmod-bwd", "genmod-bwd-h", "genmod-bwd-yh")  # the three gradient sets timed
 BIG_PAIRS = 1e11  # above this many pairs only genmod and KeOps run (issue 5)
 ACCURACY = 1e-4  # DESIGN.md section 3: |err| / max(1, |ref|) of float32 results
 
@@ -72,9 +75,9 @@ def bandwidth(spec: str, m: int, d: int) -> float:
 def tools_for(args: argparse.Namespace, n: int, m: int) -> list[str]:
     """The tools that run at one size, in table order, restricted to ``--tools``."""
     if args.device == "cuda" and n * m > BIG_PAIRS:
-        tools = ["genmod", "genmod-bwd", "keops"] + (["genmod-tf32"] if args.tf32 else [])
+        tools = ["genmod", *GRADS, "keops"] + (["genmod-tf32"] if args.tf32 else [])
     else:
-        tools = ["genmod", "genmod-bwd", "sklearn", "scipy", "keops", "torch-naive"]
+        tools = ["genmod", *GRADS, "sklearn", "scipy", "keops", "torch-naive"]
         tools += ["floor-gemm", "floor-exp"]
         if args.tf32 and args.device == "cuda":
             tools[1:1] = ["genmod-tf32"]
@@ -145,10 +148,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+FWD_BWD = ("fwd+bwd", "fwd+bwd-h", "fwd+bwd-yh")
 # Issue 5's targets: (device, size) -> {ratio key: bound}; "time" is genmod fwd in seconds.
 TARGETS: dict[tuple[str, tuple[int, int, int]], dict[str, float]] = {
-    ("cpu", (20000, 20000, 64)): {"floor": 1.4, "keops": 6.0, "fwd+bwd": 3.0},
-    ("cpu", (10000, 10000, 16)): {"keops": 3.0, "sklearn": 20.0, "scipy": 10.0, "fwd+bwd": 3.0},
+    ("cpu", (20000, 20000, 64)): {"floor": 1.4, "keops": 6.0, **dict.fromkeys(FWD_BWD, 3.0)},
+    ("cpu", (10000, 10000, 16)): {
+        "keops": 3.0,
+        "sklearn": 20.0,
+        "scipy": 10.0,
+        **dict.fromkeys(FWD_BWD, 3.0),
+    },
     ("cuda", (100000, 100000, 64)): {"time": 0.010, "keops": 4.0, "bwd": 3.0},
     ("cuda", (1000000, 1000000, 64)): {"time": 1.5, "keops": 4.0, "bwd": 3.0},
 }
@@ -159,7 +168,9 @@ RATIOS = {
     "keops": ("KeOps / genmod fwd", "keops", "genmod", False),
     "sklearn": ("scikit-learn / genmod fwd", "sklearn", "genmod", False),
     "scipy": ("scipy / genmod fwd", "scipy", "genmod", False),
-    "fwd+bwd": ("genmod fwd+bwd / fwd", "genmod-bwd", "genmod", True),
+    "fwd+bwd": ("genmod fwd+bwd (grad x, y, h) / fwd", "genmod-bwd", "genmod", True),
+    "fwd+bwd-h": ("genmod fwd+bwd (grad h) / fwd", "genmod-bwd-h", "genmod", True),
+    "fwd+bwd-yh": ("genmod fwd+bwd (grad y, h) / fwd", "genmod-bwd-yh", "genmod", True),
     "bwd": ("genmod bwd / fwd = (fwd+bwd - fwd) / fwd", "bwd", "genmod", True),
 }
 
@@ -192,7 +203,7 @@ def targets(rows: list[dict], device: str) -> list[str]:
             sign = "<=" if upper else ">="
             status = "PASS" if ok else "FAIL"
             lines.append(f"{status}  {tag} {label} = {v:.3g} (target {sign} {bounds[key]}){extra}")
-        for tool in ("genmod", "genmod-bwd"):
+        for tool in ("genmod", *GRADS):
             e = g.get(tool, {}).get("err")
             status = "n/a " if e is None else ("PASS" if e <= ACCURACY else "FAIL")
             err = "not measured" if e is None else f"{e:.1e}"
