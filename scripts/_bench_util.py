@@ -236,12 +236,15 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     x, y = make_data(n, spec["m"], spec["d"], spec["seed"], str(dev))
     state: dict[str, Any] = {}
     run = _build(tool, x, y, spec["h"], state)
+    # A fwd+bwd call is timed right after a forward call, so that their ratio compares the
+    # two under the same conditions (this machine's speed drifts by 10-50% over minutes).
+    fwd = _build("genmod", x, y, spec["h"], {}) if tool.startswith("genmod-bwd") else None
     sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
 
-    def timed(q: int) -> tuple[float, Any]:
+    def timed(q: int, fn: Callable[[int], Any] = run) -> tuple[float, Any]:
         sync()
         t0 = time.perf_counter()
-        out = run(q)
+        out = fn(q)
         sync()
         return time.perf_counter() - t0, out
 
@@ -262,12 +265,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
-    times, spent = [], 0.0
+    times, paired, spent = [], [], 0.0
+    if fwd is not None:
+        timed(q, fwd)  # its warm-up
     # At least 3 and at least --repeats calls (3 once 180 s are spent), and on until about a
     # second has been spent (at most 50 calls).
     while len(times) < 50:
+        if fwd is not None:
+            t_fwd = timed(q, fwd)[0]
+            spent += t_fwd
         t, out = timed(q)
         times.append(t * n / q)
+        if fwd is not None:
+            paired.append(t / t_fwd)
         spent += t
         k = len(times)
         if k >= 3 and (spent > 180 or (k >= spec["repeats"] and spent >= 1.0)):
@@ -281,6 +291,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if q < n:
         notes.append(f"memory on {q} rows")
     res = {"time": statistics.median(times), "reps": len(times), "peak": peak, "notes": notes}
+    if paired:
+        res["paired"] = statistics.median(paired)
+        notes.append(
+            f"{res['paired']:.3g}x the forward timed just before each call "
+            f"(median of {len(paired)}, range {min(paired):.3g}-{max(paired):.3g})"
+        )
     ref = spec["ref"]
     if out is not None:
         res["err"] = rel_err(out[:ERR_ROWS], state.get("own_ref", ref["lse"]))
