@@ -79,9 +79,10 @@ def bruteforce_lse(x: Tensor, y: Tensor, h: float) -> tuple[Tensor, Tensor, floa
             [(xi[:, None, :] - y[None, j : j + cols]).square().sum(-1) for j in range(0, m, cols)],
             dim=1,
         )
-        p = torch.softmax(r2 * (-0.5 / h**2), dim=1)
-        lse.append(torch.logsumexp(r2.mul_(-0.5 / h**2), dim=1))
-        grad_h += (p * r2).sum().item() * (-2.0) / h  # r2 now holds -|x - y|^2 / (2 h^2)
+        s = r2.mul_(-0.5 / h**2)  # -|x - y|^2 / (2 h^2)
+        p = torch.softmax(s, dim=1)
+        lse.append(torch.logsumexp(s, dim=1))
+        grad_h += (p * s).sum().item() * (-2.0 / h)
         grad.append((p @ y - xi) / h**2)
     return torch.cat(lse), torch.cat(grad), grad_h
 

@@ -45,9 +45,9 @@ def _exp_normal(t: Tensor) -> Tensor:
     smallest normal number, or below).
 
     Subnormal results (and operands of the GEMMs that follow) take a microcode assist on
-    x86, about 100 cycles each: with a small bandwidth most pairs' weights fall there, and
-    the 20000 x 20000 x 64 benchmark at h = 0.5 ran 20-25% slower for it. What is dropped is
-    below 2e-38 (float32) of the largest term of each row's sum, which is 1."""
+    x86: with a small bandwidth most pairs' weights fall there (``scripts/bench_subnormal.py``
+    measured the 20000 x 20000 x 64 forward at h = 0.5 about 10% slower with a plain exp).
+    What is dropped is below 2e-38 (float32) of the largest term of each row's sum, 1."""
     low = math.log(torch.finfo(t.dtype).tiny) + 0.5
     return torch.where(t > low, torch.exp(t.clamp(min=low)), 0.0)
 
@@ -208,12 +208,11 @@ def fused_gaussian_backward(
                 tile = buf[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
                 torch.mm(xs[i0:i1], yt[:, j0:j1], out=tile)
                 _mask(tile, ex, j0)
-                if s_epi is not None:
+                if stats:
                     row_a[i0:i1], row_b[i0:i1] = s_epi(
                         tile, bias[b, j0:j1], lw[b, j0:j1], ref[b, i0:i1], row_a[i0:i1],
                         row_b[i0:i1],
                     )  # fmt: skip
-                if p_epi is None:
                     continue
                 p_epi(tile, bias[b, j0:j1], ref[b, i0:i1])
                 if acc_r is not None:
