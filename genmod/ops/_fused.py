@@ -32,12 +32,21 @@ _compiled: dict[str, object] = {}
 # Arguments of the probe call of each compiled function, for a tile of n x m.
 _PROBES = {
     "_epilogue": lambda n, m: (torch.zeros(n, m), torch.zeros(m), torch.zeros(n), torch.zeros(n)),
-    "_backward_epilogue": lambda n, m: (torch.zeros(n, m), torch.zeros(m), torch.zeros(n)),
+    "_backward_epilogue": lambda n, m: (
+        torch.zeros(n, m), torch.zeros(m), torch.zeros(n), torch.zeros(m), torch.zeros(n),
+        torch.zeros(n),
+    ),
     "_scale_epilogue": lambda n, m: (
         torch.zeros(n, m), torch.zeros(m), torch.zeros(m), torch.zeros(n), torch.zeros(n),
         torch.zeros(n),
     ),
 }  # fmt: skip
+
+
+# log of the smallest weight of a backward tile, 2^-100 of its row's total (which is 1): it
+# keeps the products p_ij y_j of the GEMMs that follow out of the subnormal range (on x86
+# each subnormal result takes a microcode assist; they made those GEMMs 2.5x slower).
+LOG_MIN_WEIGHT = -100.0 * math.log(2.0)
 
 
 def _exp_normal(t: Tensor) -> Tensor:
@@ -60,10 +69,20 @@ def _epilogue(scores: Tensor, bias: Tensor, m: Tensor, s: Tensor) -> tuple[Tenso
     return m_new, s_new
 
 
-def _backward_epilogue(scores: Tensor, bias: Tensor, ref: Tensor) -> None:
-    """Overwrite the tile with ``p_ij = exp(score_ij + bias_j - ref_i)`` in one pass (0 where
-    subnormal)."""
-    scores.copy_(_exp_normal(scores + bias - ref.unsqueeze(1)))
+def _backward_epilogue(
+    scores: Tensor, bias: Tensor, ref: Tensor, y2: Tensor, a: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Overwrite the tile with ``p_ij = exp(max(score_ij + bias_j - ref_i, LOG_MIN_WEIGHT))``
+    and return the row sums ``a_i += sum_j p_ij`` and ``c_i += sum_j p_ij |y_j|^2``, in one
+    pass: the GEMM ``P y`` that follows then has exactly D columns.
+
+    Weights below ``2^-100`` of their row's total (1) are raised to it, masked pairs
+    included; a clamp costs less than a select, and what it adds to a row, at most
+    ``M 2^-100``, is far below the resolution of float32 (2^-24) or float64 (2^-53). Rows
+    with no finite score are the caller's to zero."""
+    p = torch.exp((scores + bias - ref.unsqueeze(1)).clamp(min=LOG_MIN_WEIGHT))
+    scores.copy_(p)
+    return a + p.sum(1), c + (p * y2).sum(1)
 
 
 def _scale_epilogue(
@@ -114,6 +133,18 @@ def _mask(tile: Tensor, ex: Tensor | None, j0: int) -> None:
         tile[hit, col[hit]] = -math.inf
 
 
+def _rows_gemm(acc: Tensor, p: Tensor, y: Tensor) -> None:
+    """``acc += p @ y`` with the rows of ``p`` split into one batch per thread: each thread
+    then runs a single-threaded GEMM on rows it has just written (about 30% faster than
+    one multi-threaded GEMM of this shape, thin ``y``, measured)."""
+    nb = torch.get_num_threads()
+    n, m = p.shape
+    if nb > 1 and n % nb == 0 and n >= 64 * nb:
+        acc.view(nb, n // nb, -1).baddbmm_(p.view(nb, n // nb, m), y.expand(nb, *y.shape))
+    else:
+        acc.addmm_(p, y)
+
+
 def fused_gaussian_forward(
     x: Tensor, y: Tensor, inv_s2: Tensor, bias: Tensor, exclude: Tensor | None
 ) -> Tensor:
@@ -160,11 +191,12 @@ def fused_gaussian_backward(
     Each tile's scores are recomputed by one GEMM. ``need`` names the gradients wanted
     (``x``, ``y`` or ``w`` for the log-weights, ``s`` for the scale); only their work is done:
 
-    - ``x``: the tile becomes ``P`` in place and ``P [y, 1]`` (``[N, D + 1]``, a GEMM) is
-      accumulated over the tiles; ``grad_x_i = (g_i / s^2) (sum_j p_ij y_j - x_i sum_j p_ij)``.
-      With ``s`` the GEMM takes the column ``|y|^2`` too and gives ``sum_j p_ij |x_i - y_j|^2
-      = |x_i|^2 sum_j p_ij + sum_j p_ij |y_j|^2 - 2 x_i . sum_j p_ij y_j``.
-    - ``y`` / ``w``: ``P^T [g x, g]`` (``[M, D + 1]``, a GEMM);
+    - ``x``: the tile becomes ``P`` in place, its pass also sums ``sum_j p_ij`` and
+      ``sum_j p_ij |y_j|^2`` by rows, and ``P y`` (``[N, D]``, a GEMM) is accumulated over the
+      tiles; ``grad_x_i = (g_i / s^2) (sum_j p_ij y_j - x_i sum_j p_ij)``. With ``s``:
+      ``sum_j p_ij |x_i - y_j|^2 = |x_i|^2 sum_j p_ij + sum_j p_ij |y_j|^2
+      - 2 x_i . sum_j p_ij y_j``.
+    - ``y`` / ``w``: ``[g x, g]^T P`` (``[D + 1, M]``, a GEMM);
       ``grad_y_j = (1 / s^2) (sum_i g_i p_ij x_i - y_j sum_i g_i p_ij)`` and
       ``grad_lw_j = sum_i g_i p_ij``.
       With ``s`` and without ``x`` the GEMM takes the column ``g |x|^2`` too, for the same
@@ -188,18 +220,26 @@ def fused_gaussian_backward(
     gy = torch.empty_like(y) if need_c else None
     gw = torch.empty(B, M, dtype=x.dtype) if need_c else None
     d2g = torch.zeros((), dtype=x.dtype) if need_s else None
+    row_a0 = x.new_zeros(tn)  # row sums that the columns-only pass ignores
     for b in range(B):
-        xb, yb, gb = x[b], y[b], g[b].unsqueeze(1)
-        x2, y2 = xb.square().sum(-1, keepdim=True), yb.square().sum(-1, keepdim=True)
+        # Rows with no finite score have p = 0: their g is zeroed, as the tile's floor
+        # (LOG_MIN_WEIGHT) would otherwise give them weights.
+        gb = torch.where(out[b] > -math.inf, g[b], 0.0).unsqueeze(1)
+        xb, yb = x[b], y[b]
+        x2, y2 = xb.square().sum(-1, keepdim=True), yb.square().sum(-1)
         xs, yt = xb * inv_s2, yb.t()
-        cols = [yb, torch.ones_like(y2)] + ([y2] if need_s else [])
-        ya = torch.cat(cols, 1) if need_x else None
-        xcols = [xb * gb, gb] + ([x2 * gb] if cols_s else [])
-        xa = torch.cat(xcols, 1) if need_c else None
-        acc_r = x.new_zeros(N, ya.shape[1]) if need_x else None
-        acc_c = x.new_zeros(M, xa.shape[1]) if need_c else None
-        row_a = x.new_zeros(N) if stats else None
-        row_b = x.new_zeros(N) if stats else None
+        # Columns accumulate transposed, [k, M] += [k, n] @ P: MKL's fastest layout for it.
+        # g is scaled to at most 1 in size, so that g_i p_ij x_i is no smaller than p_ij x_i.
+        g_max = torch.where(gb.abs().max() > 0, gb.abs().max(), 1.0)
+        xa_t = None
+        if need_c:
+            gn = gb / g_max
+            xcols = [xb * gn, gn] + ([x2 * gn] if cols_s else [])
+            xa_t = torch.cat(xcols, 1).t().contiguous()
+        acc_r = x.new_zeros(N, D) if need_x else None
+        acc_c = x.new_zeros(xa_t.shape[0], M) if need_c else None
+        row_a = x.new_zeros(N) if (stats or need_x) else None
+        row_b = x.new_zeros(N) if (stats or need_x) else None
         for i0 in range(0, N, tn):
             i1 = min(N, i0 + tn)
             ex = None if exclude is None else exclude[b, i0:i1]
@@ -214,23 +254,30 @@ def fused_gaussian_backward(
                         row_b[i0:i1],
                     )  # fmt: skip
                     continue
-                p_epi(tile, bias[b, j0:j1], ref[b, i0:i1])
                 if acc_r is not None:
-                    acc_r[i0:i1].addmm_(tile, ya[j0:j1])
+                    row_a[i0:i1], row_b[i0:i1] = p_epi(
+                        tile, bias[b, j0:j1], ref[b, i0:i1], y2[j0:j1], row_a[i0:i1],
+                        row_b[i0:i1],
+                    )  # fmt: skip
+                    _rows_gemm(acc_r[i0:i1], tile, yb[j0:j1])
+                else:
+                    zero = row_a0[: i1 - i0]
+                    p_epi(tile, bias[b, j0:j1], ref[b, i0:i1], y2[j0:j1], zero, zero)
                 if acc_c is not None:
-                    acc_c[j0:j1].addmm_(tile.t(), xa[i0:i1])
+                    acc_c[:, j0:j1].addmm_(xa_t[:, i0:i1], tile)
         if acc_r is not None:
-            py, row_p = acc_r[:, :D], acc_r[:, D : D + 1]
-            gx[b] = (py - row_p * xb) * (gb * inv_s2)
+            row_p = row_a.unsqueeze(1)
+            gx[b] = (acc_r - row_p * xb) * (gb * inv_s2)
             if need_s:
-                d2 = row_p * x2 + acc_r[:, D + 1 :] - 2.0 * (py * xb).sum(1, keepdim=True)
-                d2g += (gb * d2).sum()
+                d2 = row_a * x2[:, 0] + row_b - 2.0 * (acc_r * xb).sum(1)
+                d2g += (gb[:, 0] * d2).sum()
         if acc_c is not None:
-            gpx, col_g = acc_c[:, :D], acc_c[:, D : D + 1]
+            acc_c *= g_max
+            gpx, col_g = acc_c[:D].t(), acc_c[D].unsqueeze(1)
             gy[b] = (gpx - col_g * yb) * inv_s2
-            gw[b] = col_g.squeeze(1)
+            gw[b] = acc_c[D]
             if cols_s:
-                d2 = col_g * y2 + acc_c[:, D + 1 :] - 2.0 * (gpx * yb).sum(1, keepdim=True)
+                d2 = acc_c[D] * y2 + acc_c[D + 1] - 2.0 * (gpx * yb).sum(1)
                 d2g += d2.sum()
         if stats:
             live = out[b] > -math.inf  # rows with no finite score have p = 0 everywhere

@@ -142,3 +142,48 @@ def test_epilogue_exp_has_no_subnormal_results(dtype):
     assert torch.all(got[3:] == 0)
     assert torch.exp(t[4]) < tiny  # what is dropped would have been subnormal
     assert not torch.any((got != 0) & (got.abs() < tiny))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n", [384, 390, 100])
+def test_rows_gemm_split_by_thread_equals_one_gemm(threads, n):
+    """The rows GEMM split into one batch per thread (when the rows divide evenly and are
+    many) accumulates exactly what one ``addmm`` would, to float32 rounding."""
+    g = torch.Generator().manual_seed(n)
+    p, yv = torch.rand(n, 200, generator=g), torch.randn(200, 16, generator=g)
+    acc = torch.randn(n, 16, generator=g)
+    want = acc.double() + p.double() @ yv.double()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _fused._rows_gemm(acc, p, yv)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(acc.double(), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-30])
+def test_fused_float32_gradients_at_full_tile_size(monkeypatch, scale):
+    """float32 gradients of every input through full-size tiles (the thread-split rows
+    GEMM, the transposed column GEMM) against float64, also for an upstream gradient of
+    1e-30, which the column GEMM scales up so that its products are not subnormal."""
+    monkeypatch.setattr(_fused, "MIN_PAIRS", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(512, 8, generator=g, dtype=torch.float64)
+    y = torch.randn(600, 8, generator=g, dtype=torch.float64) + 0.5
+    lw = torch.randn(600, generator=g, dtype=torch.float64)
+    w = torch.rand(512, generator=g, dtype=torch.float64)
+    grads = []
+    try:
+        for dtype in (torch.float32, torch.float64):
+            inputs = [t.to(dtype).requires_grad_() for t in (x, y, lw)]
+            s = torch.tensor(0.7, dtype=dtype, requires_grad=True)
+            out = pairwise_logsumexp(inputs[0], inputs[1], s, inputs[2])
+            loss = (out * (w.to(dtype) * scale)).sum()
+            grads.append([gr.double() / scale for gr in torch.autograd.grad(loss, [*inputs, s])])
+    finally:
+        torch.set_num_threads(before)
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
