@@ -220,7 +220,7 @@ def fused_gaussian_backward(
     gy = torch.empty_like(y) if need_c else None
     gw = torch.empty(B, M, dtype=x.dtype) if need_c else None
     d2g = torch.zeros((), dtype=x.dtype) if need_s else None
-    row_a0 = x.new_zeros(tn)  # row sums that the columns-only pass ignores
+    row_a0 = x.new_zeros(tn)  # the starting value of each row block's sums
     for b in range(B):
         # Rows with no finite score have p = 0: their g is zeroed, as the tile's floor
         # (LOG_MIN_WEIGHT) would otherwise give them weights.
@@ -243,28 +243,25 @@ def fused_gaussian_backward(
         for i0 in range(0, N, tn):
             i1 = min(N, i0 + tn)
             ex = None if exclude is None else exclude[b, i0:i1]
+            xs_i, ref_i = xs[i0:i1], ref[b, i0:i1]
+            acc_ri = None if acc_r is None else acc_r[i0:i1]
+            xa_i = None if xa_t is None else xa_t[:, i0:i1]
+            ra = rb = row_a0[: i1 - i0]  # this row block's sums, written back once
             for j0 in range(0, M, tm):
                 j1 = min(M, j0 + tm)
                 tile = buf[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
-                torch.mm(xs[i0:i1], yt[:, j0:j1], out=tile)
+                torch.mm(xs_i, yt[:, j0:j1], out=tile)
                 _mask(tile, ex, j0)
                 if stats:
-                    row_a[i0:i1], row_b[i0:i1] = s_epi(
-                        tile, bias[b, j0:j1], lw[b, j0:j1], ref[b, i0:i1], row_a[i0:i1],
-                        row_b[i0:i1],
-                    )  # fmt: skip
+                    ra, rb = s_epi(tile, bias[b, j0:j1], lw[b, j0:j1], ref_i, ra, rb)
                     continue
-                if acc_r is not None:
-                    row_a[i0:i1], row_b[i0:i1] = p_epi(
-                        tile, bias[b, j0:j1], ref[b, i0:i1], y2[j0:j1], row_a[i0:i1],
-                        row_b[i0:i1],
-                    )  # fmt: skip
-                    _rows_gemm(acc_r[i0:i1], tile, yb[j0:j1])
-                else:
-                    zero = row_a0[: i1 - i0]
-                    p_epi(tile, bias[b, j0:j1], ref[b, i0:i1], y2[j0:j1], zero, zero)
+                ra, rb = p_epi(tile, bias[b, j0:j1], ref_i, y2[j0:j1], ra, rb)
+                if acc_ri is not None:
+                    _rows_gemm(acc_ri, tile, yb[j0:j1])
                 if acc_c is not None:
-                    acc_c[:, j0:j1].addmm_(xa_t[:, i0:i1], tile)
+                    acc_c[:, j0:j1].addmm_(xa_i, tile)
+            if row_a is not None:
+                row_a[i0:i1], row_b[i0:i1] = ra, rb
         if acc_r is not None:
             row_p = row_a.unsqueeze(1)
             gx[b] = (acc_r - row_p * xb) * (gb * inv_s2)
