@@ -187,3 +187,22 @@ def test_fused_float32_gradients_at_full_tile_size(monkeypatch, scale):
         torch.set_num_threads(before)
     for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_backward_epilogue_floors_weights_and_sums_rows():
+    """The backward tile pass writes ``exp(t)`` floored at 2^-100 (never subnormal, -inf
+    included) and returns the row sums of ``p`` and ``p |y|^2`` added to its inputs."""
+    t = torch.tensor([[0.0, -1.0, -60.0, -80.0, -math.inf], [-3.0, -200.0, 0.5, -69.0, -70.0]])
+    bias, ref = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0]), torch.tensor([0.0, 0.0])
+    y2 = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    a0, c0 = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
+    tile = t.clone()
+    a, c = _fused._backward_epilogue(tile, bias, ref, y2, a0, c0)
+    floor = math.exp(_fused.LOG_MIN_WEIGHT)
+    assert math.isclose(floor, 2.0**-100, rel_tol=1e-12)
+    want = torch.exp(t).clamp(min=floor)
+    # float32 rounding of an exponent near -69 is ~69 * 6e-8 = 4e-6 relative in exp.
+    torch.testing.assert_close(tile, want, rtol=1e-5, atol=0.0)
+    assert torch.all(tile >= torch.finfo(torch.float32).tiny)
+    torch.testing.assert_close(a, a0 + want.sum(1))
+    torch.testing.assert_close(c, c0 + (want * y2).sum(1))
