@@ -196,7 +196,8 @@ def fused_gaussian_backward(
       tiles; ``grad_x_i = (g_i / s^2) (sum_j p_ij y_j - x_i sum_j p_ij)``. With ``s``:
       ``sum_j p_ij |x_i - y_j|^2 = |x_i|^2 sum_j p_ij + sum_j p_ij |y_j|^2
       - 2 x_i . sum_j p_ij y_j``.
-    - ``y`` / ``w``: ``[g x, g]^T P`` (``[D + 1, M]``, a GEMM);
+    - ``y`` / ``w``: ``[g x, g]^T P`` (``[D + 1, M]``, a GEMM, with g divided by its largest
+      size and the result multiplied back);
       ``grad_y_j = (1 / s^2) (sum_i g_i p_ij x_i - y_j sum_i g_i p_ij)`` and
       ``grad_lw_j = sum_i g_i p_ij``.
       With ``s`` and without ``x`` the GEMM takes the column ``g |x|^2`` too, for the same
@@ -230,7 +231,8 @@ def fused_gaussian_backward(
         xs, yt = xb * inv_s2, yb.t()
         # Columns accumulate transposed, [k, M] += [k, n] @ P: MKL's fastest layout for it.
         # g is scaled to at most 1 in size, so that g_i p_ij x_i is no smaller than p_ij x_i.
-        g_max = torch.where(gb.abs().max() > 0, gb.abs().max(), 1.0)
+        g_abs = gb.abs().max()
+        g_max = torch.where(g_abs > 0, g_abs, 1.0)
         xa_t = None
         if need_c:
             gn = gb / g_max
