@@ -44,8 +44,9 @@ _PROBES = {
 
 
 # log of the smallest weight of a backward tile, 2^-100 of its row's total (which is 1): it
-# keeps the products p_ij y_j of the GEMMs that follow out of the subnormal range (on x86
-# each subnormal result takes a microcode assist; they made those GEMMs 2.5x slower).
+# keeps the products p_ij y_j of the GEMMs that follow out of the subnormal range unless a
+# coordinate is below 2^-26 in size (on x86 each subnormal result takes a microcode assist;
+# they made the column GEMM about 2.5x slower). Speed only: results are the same.
 LOG_MIN_WEIGHT = -100.0 * math.log(2.0)
 
 
@@ -221,7 +222,9 @@ def fused_gaussian_backward(
     gy = torch.empty_like(y) if need_c else None
     gw = torch.empty(B, M, dtype=x.dtype) if need_c else None
     d2g = torch.zeros((), dtype=x.dtype) if need_s else None
-    row_a0 = x.new_zeros(tn)  # the starting value of each row block's sums
+    # Starting values of each row block's two sums: two tensors, as passing one tensor
+    # twice would make the compiled epilogue specialise (and recompile) on the aliasing.
+    zeros_a, zeros_b = x.new_zeros(tn), x.new_zeros(tn)
     for b in range(B):
         # Rows with no finite score have p = 0: their g is zeroed, as the tile's floor
         # (LOG_MIN_WEIGHT) would otherwise give them weights.
@@ -230,7 +233,8 @@ def fused_gaussian_backward(
         x2, y2 = xb.square().sum(-1, keepdim=True), yb.square().sum(-1)
         xs, yt = xb * inv_s2, yb.t()
         # Columns accumulate transposed, [k, M] += [k, n] @ P: MKL's fastest layout for it.
-        # g is scaled to at most 1 in size, so that g_i p_ij x_i is no smaller than p_ij x_i.
+        # g is divided by its largest size: the products gn_i p_ij x_i are then about as
+        # large as p_ij x_i, not |g| times smaller (g = 1/N made them subnormal).
         g_abs = gb.abs().max()
         g_max = torch.where(g_abs > 0, g_abs, 1.0)
         xa_t = None
@@ -248,7 +252,7 @@ def fused_gaussian_backward(
             xs_i, ref_i = xs[i0:i1], ref[b, i0:i1]
             acc_ri = None if acc_r is None else acc_r[i0:i1]
             xa_i = None if xa_t is None else xa_t[:, i0:i1]
-            ra = rb = row_a0[: i1 - i0]  # this row block's sums, written back once
+            ra, rb = zeros_a[: i1 - i0], zeros_b[: i1 - i0]  # written back once
             for j0 in range(0, M, tm):
                 j1 = min(M, j0 + tm)
                 tile = buf[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
