@@ -226,9 +226,10 @@ def fused_gaussian_backward(
     # twice would make the compiled epilogue specialise (and recompile) on the aliasing.
     zeros_a, zeros_b = x.new_zeros(tn), x.new_zeros(tn)
     for b in range(B):
-        # Rows with no finite score have p = 0: their g is zeroed, as the tile's floor
-        # (LOG_MIN_WEIGHT) would otherwise give them weights.
-        gb = torch.where(out[b] > -math.inf, g[b], 0.0).unsqueeze(1)
+        # Rows with no finite score have p = 0: their g is zeroed, since the tile's floor
+        # (LOG_MIN_WEIGHT) would otherwise give them weights; the scale-only pass masks too.
+        live = out[b] > -math.inf
+        gb = torch.where(live, g[b], 0.0).unsqueeze(1)
         xb, yb = x[b], y[b]
         x2, y2 = xb.square().sum(-1, keepdim=True), yb.square().sum(-1)
         xs, yt = xb * inv_s2, yb.t()
@@ -269,8 +270,7 @@ def fused_gaussian_backward(
             if row_a is not None:
                 row_a[i0:i1], row_b[i0:i1] = ra, rb
         if acc_r is not None:
-            row_p = row_a.unsqueeze(1)
-            gx[b] = (acc_r - row_p * xb) * (gb * inv_s2)
+            gx[b] = (acc_r - row_a.unsqueeze(1) * xb) * (gb * inv_s2)
             if need_s:
                 d2 = row_a * x2[:, 0] + row_b - 2.0 * (acc_r * xb).sum(1)
                 d2g += (gb[:, 0] * d2).sum()
@@ -283,7 +283,6 @@ def fused_gaussian_backward(
                 d2 = acc_c[D] * y2 + acc_c[D + 1] - 2.0 * (gpx * yb).sum(1)
                 d2g += d2.sum()
         if stats:
-            live = out[b] > -math.inf  # rows with no finite score have p = 0 everywhere
             d2 = (row_b - out[b].masked_fill(~live, 0.0) * row_a) * (2.0 / inv_s2)
-            d2g += (g[b] * d2.masked_fill(~live, 0.0)).sum()
+            d2g += (gb[:, 0] * d2.masked_fill(~live, 0.0)).sum()
     return gx, gy, d2g, gw
