@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-all lint format demo bench clean
+.PHONY: install test test-slow test-all lint format demo bench gpu-wheels clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: install  ## train the default experiment (two moons, KDE, CPU, about a min
 
 bench: install
 	$(PY) scripts/bench_kde.py
+
+gpu-wheels: install  ## the pure-Python packages the GPU image lacks, for scripts/gpu_check.sh
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip wheel -q --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 \
+		antlr4-python3-runtime==4.9.3 pykeops==2.3 keopscore==2.3
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
