@@ -267,7 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, help="timed calls per tool, >= 3 (5; --quick 3)")
     p.add_argument("--bandwidths", default="0.5", help="comma-separated h values or 'scott'")
     p.add_argument("--tools", help=f"comma-separated subset of {', '.join(LABELS)}")
-    p.add_argument("--tf32", action="store_true", help="also time precision='tf32x3' and 'tf32' (CUDA)")
+    p.add_argument(
+        "--tf32", action="store_true", help="also time precision='tf32x3' and 'tf32' (CUDA)"
+    )
     p.add_argument(
         "--max-seconds",
         type=float,
