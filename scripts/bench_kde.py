@@ -38,7 +38,7 @@ LABELS = {
     "genmod-bwd": "genmod fwd+bwd (grad x, y, h)",
     "genmod-bwd-h": "genmod fwd+bwd (grad h: KDE fit)",
     "genmod-bwd-yh": "genmod fwd+bwd (grad y, h: LVM decoder)",
-    "genmod-tf32x3": "genmod fwd, precision='tf32x3'",
+    "genmod-ieee": "genmod fwd, precision='ieee'",
     "genmod-tf32": "genmod fwd, precision='tf32'",
     "sklearn": "scikit-learn KernelDensity",
     "scipy": "scipy gaussian_kde",
@@ -49,7 +49,8 @@ LABELS = {
     "floor-exp": "floor: exp per pair",
     "floor": "floor: GEMM + exp",
 }
-TF32_ROWS = ["genmod-tf32x3", "genmod-tf32"]  # --tf32, CUDA: the forward in both TF32 modes
+# --precisions, CUDA: the forward in the kernel's other product modes (the default is tf32x3)
+PRECISION_ROWS = ["genmod-ieee", "genmod-tf32"]
 GRADS = ("genmod-bwd", "genmod-bwd-h", "genmod-bwd-yh")  # the three gradient sets timed
 BIG_PAIRS = 1e11  # above this many pairs only genmod and KeOps run (issue 5)
 ACCURACY = 1e-4  # DESIGN.md section 3: |err| / max(1, |ref|) of float32 results
@@ -77,12 +78,12 @@ def bandwidth(spec: str, m: int, d: int) -> float:
 def tools_for(args: argparse.Namespace, n: int, m: int) -> list[str]:
     """The tools that run at one size, in table order, restricted to ``--tools``."""
     if args.device == "cuda" and n * m > BIG_PAIRS:
-        tools = ["genmod", *GRADS, "keops"] + (TF32_ROWS if args.tf32 else [])
+        tools = ["genmod", *GRADS, "keops"] + (PRECISION_ROWS if args.precisions else [])
     else:
         tools = ["genmod", *GRADS, "sklearn", "scipy", "keops", "torch-naive"]
         tools += ["floor-gemm", "floor-exp"]
-        if args.tf32 and args.device == "cuda":
-            tools[1:1] = TF32_ROWS
+        if args.precisions and args.device == "cuda":
+            tools[1:1] = PRECISION_ROWS
             tools.append("floor-gemm-tf32")
     return [t for t in tools if args.tools is None or t in args.tools]
 
@@ -166,7 +167,7 @@ TARGETS: dict[tuple[str, tuple[int, int, int]], dict[str, float]] = {
 # key -> (label, numerator tool, denominator tool or None, the bound is an upper one)
 RATIOS = {
     "time": ("genmod fwd time (s)", "genmod", None, True),
-    "time-tf32x3": ("genmod fwd, precision='tf32x3', time (s)", "genmod-tf32x3", None, True),
+    "time-ieee": ("genmod fwd, precision='ieee', time (s)", "genmod-ieee", None, True),
     "floor": ("genmod fwd / floor (GEMM + exp)", "genmod", "floor", True),
     "keops": ("KeOps / genmod fwd", "keops", "genmod", False),
     "sklearn": ("scikit-learn / genmod fwd", "sklearn", "genmod", False),
@@ -198,8 +199,8 @@ def targets(rows: list[dict], device: str) -> list[str]:
         for key, (label, num, den, upper) in RATIOS.items():
             if key not in bounds and (key == "time" or (key == "bwd" and device == "cpu")):
                 continue
-            if key == "time-tf32x3" and num not in times:
-                continue  # --tf32 not given (or CPU): nothing to say
+            if key == "time-ieee" and num not in times:
+                continue  # --precisions not given (or CPU): nothing to say
             if num not in times or (den is not None and den not in times):
                 lines.append(f"n/a   {tag} {label}: not measured")
                 continue
@@ -212,9 +213,9 @@ def targets(rows: list[dict], device: str) -> list[str]:
             sign = "<=" if upper else ">="
             status = "PASS" if ok else "FAIL"
             lines.append(f"{status}  {tag} {label} = {v:.3g} (target {sign} {bounds[key]}){extra}")
-        for tool in ("genmod", *GRADS, *TF32_ROWS):
+        for tool in ("genmod", *GRADS, *PRECISION_ROWS):
             e = g.get(tool, {}).get("err")
-            if tool in TF32_ROWS and e is None:
+            if tool in PRECISION_ROWS and e is None:
                 continue
             status = "n/a " if e is None else ("PASS" if e <= ACCURACY else "FAIL")
             if tool == "genmod-tf32":  # opt-in, documented as outside the bound
@@ -268,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bandwidths", default="0.5", help="comma-separated h values or 'scott'")
     p.add_argument("--tools", help=f"comma-separated subset of {', '.join(LABELS)}")
     p.add_argument(
-        "--tf32", action="store_true", help="also time precision='tf32x3' and 'tf32' (CUDA)"
+        "--precisions",
+        action="store_true",
+        help="also time precision='ieee' and 'tf32' (CUDA; the default is 'tf32x3')",
     )
     p.add_argument(
         "--max-seconds",
@@ -291,8 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     args.repeats = args.repeats or (3 if args.quick else 5)
     if args.repeats < 3:
         p.error("--repeats must be >= 3")
-    if args.tf32 and args.device == "cpu":
-        print("note: --tf32 concerns the CUDA kernel only; ignored on CPU", file=sys.stderr)
+    if args.precisions and args.device == "cpu":
+        print("note: --precisions concerns the CUDA kernel only; ignored on CPU", file=sys.stderr)
     out = args.out or (None if args.quick else str(ROOT / "docs" / "benchmarks.md"))
     sizes = parse_sizes(args.sizes or (QUICK if args.quick else SIZES)[args.device])
     if str(ROOT) not in sys.path:  # run from a checkout without installing genmod

@@ -9,7 +9,7 @@
 # It writes to $OUT (a temporary folder when unset):
 #   gpu.txt          the device and the torch / triton versions
 #   pytest_gpu.log   `pytest -m gpu` (the CUDA tests, Triton kernels compiled for the device)
-#   bench_cuda.log   `scripts/bench_kde.py --device cuda --tf32` (all three precisions)
+#   bench_cuda.log   `scripts/bench_kde.py --device cuda --precisions` (all three precisions)
 #   benchmarks.md    docs/benchmarks.md with its CUDA section rewritten: copy it over the
 #                    checkout's docs/benchmarks.md and commit it
 # BENCH_ARGS replaces the benchmark's arguments (a dry run on a CPU machine:
@@ -41,9 +41,9 @@ rc=${PIPESTATUS[0]}
 
 # scikit-learn and scipy run on the CPU whatever the device (the CPU table has them); peers
 # slower than 20 s a call are timed on fewer rows and extrapolated, as the table says.
-cuda_tools=genmod,genmod-bwd,genmod-bwd-h,genmod-bwd-yh,genmod-tf32x3,genmod-tf32,keops
+cuda_tools=genmod,genmod-bwd,genmod-bwd-h,genmod-bwd-yh,genmod-ieee,genmod-tf32,keops
 cuda_tools+=,torch-naive,floor-gemm,floor-gemm-tf32,floor-exp
-default_args="--device cuda --tf32 --tools $cuda_tools --max-seconds 20 --timeout 150"
+default_args="--device cuda --precisions --tools $cuda_tools --max-seconds 20 --timeout 150"
 read -r -a bench_args <<<"${BENCH_ARGS:-$default_args}"
 timeout 360 "$PY" scripts/bench_kde.py "${bench_args[@]}" 2>&1 | tee "$OUT/bench_cuda.log"
 [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1

@@ -19,8 +19,10 @@ from genmod.ops._triton_launch import interpreting, launch
 __all__ = ["PRECISIONS", "triton_available", "triton_pairwise_lse"]
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
-"""Float32 product modes: full fp32 (default), split 3xTF32 (both meet the accuracy bound of
-DESIGN.md), and plain TF32 (about 11 significant bits in the dot product; opt-in only)."""
+"""Float32 product modes: full fp32 on the FMA units, split 3xTF32 on the tensor cores (both
+meet the accuracy bound of DESIGN.md; ``pairwise_logsumexp`` picks "tf32x3" for float32, see
+``tests/ops/test_refine.py``), and plain TF32 (about 11 significant bits in the dot product;
+opt-in only)."""
 
 MAX_DIM = 256
 """Largest data dimension D kept in one register tile; larger D is refused (ValueError) and

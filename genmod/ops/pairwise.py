@@ -20,6 +20,7 @@ from genmod.ops.profiles import KERNELS
 __all__ = ["KERNELS", "pairwise_logsumexp"]
 
 BACKENDS = ("auto", "torch", "triton")
+PRECISIONS = ("auto", "ieee", "tf32x3", "tf32")
 
 
 def _use_triton(backend: str, kernel: str, x: Tensor) -> bool:
@@ -45,7 +46,7 @@ def pairwise_logsumexp(
     kernel: str = "gaussian",
     exclude: Tensor | None = None,
     backend: str = "auto",
-    precision: str = "ieee",
+    precision: str = "auto",
 ) -> Tensor:
     """Log of a (weighted) kernel sum over reference points, for every query point.
 
@@ -72,10 +73,12 @@ def pairwise_logsumexp(
             query's sum (``-1`` for none); leave-one-out densities use it.
         backend: ``"auto"`` (Triton on CUDA for float32 gaussian, else blocked torch),
             ``"torch"`` or ``"triton"``.
-        precision: matrix-unit precision of the Triton kernel: ``"ieee"`` (full float32),
-            ``"tf32x3"`` (split TF32, as accurate), or ``"tf32"`` (faster, about 1e-3
-            relative error in distances: opt-in only). The torch path always uses full
-            precision.
+        precision: matrix-unit precision of the Triton kernel: ``"auto"`` (``"tf32x3"`` for
+            float32, ``"ieee"`` for float64), ``"ieee"`` (full float32 on the FMA units),
+            ``"tf32x3"`` (split product, three TF32 tensor-core passes: its products err by
+            about 2^-21 relative, far below the rounding of the scores to float32, so the
+            results meet the same 1e-4 bound), or ``"tf32"`` (faster, about 1e-3 relative
+            error in distances: opt-in only). The torch path always uses full precision.
 
     Returns:
         ``[..., N]`` in nats, dtype of x.
@@ -94,8 +97,8 @@ def pairwise_logsumexp(
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if precision not in ("ieee", "tf32x3", "tf32"):
-        raise ValueError(f"precision must be 'ieee', 'tf32x3' or 'tf32', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     N, D = x.shape[-2:]
     M = y.shape[-2]
     shapes = [x.shape[:-2], y.shape[:-2]]
@@ -130,6 +133,8 @@ def pairwise_logsumexp(
 
         if lw is None:
             lw = x3.new_zeros(B, M)
+        if precision == "auto":
+            precision = "tf32x3" if x3.dtype == torch.float32 else "ieee"
         out = triton_pairwise_lse(x3, y3, scale_t, lw, ex, precision=precision)
     else:
         out = _blocked.BlockedPairwiseLSE.apply(x3, y3, scale_t, lw, ex, kernel)

@@ -168,6 +168,34 @@ def test_bad_input_names_the_argument(kwargs, match):
         pairwise_logsumexp(**args)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "precision", "expected"),
+    [
+        (torch.float32, "auto", "tf32x3"),
+        (torch.float64, "auto", "ieee"),
+        (torch.float32, "ieee", "ieee"),
+        (torch.float32, "tf32", "tf32"),
+    ],
+)
+def test_triton_precision_default(monkeypatch, dtype, precision, expected):
+    """The Triton kernel gets the split TF32 product for float32 unless told otherwise
+    (tests/ops/test_refine.py shows it meets the same bound), full precision for float64."""
+    import genmod.ops._triton as triton_backend
+    from genmod.ops import pairwise
+
+    seen = []
+
+    def fake(x, y, scale, lw, ex, precision):
+        seen.append(precision)
+        return x.new_zeros(x.shape[:2])
+
+    monkeypatch.setattr(pairwise, "_use_triton", lambda *args: True)
+    monkeypatch.setattr(triton_backend, "triton_pairwise_lse", fake)
+    x, y = torch.randn(3, 2, dtype=dtype), torch.randn(4, 2, dtype=dtype)
+    pairwise_logsumexp(x, y, 1.0, precision=precision)
+    assert seen == [expected]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dim", [2, 16])  # explicit differences; the compiled GEMM path
 def test_memory_stays_bounded_at_a_10gb_problem(dim):
