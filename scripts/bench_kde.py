@@ -48,6 +48,7 @@ LABELS = {
     "floor-gemm-tf32": "floor: GEMM x@y.T, TF32",
     "floor-exp": "floor: exp per pair",
     "floor": "floor: GEMM + exp",
+    "floor-fb": "floor: fwd+bwd (grad x, y, h)",
 }
 # --precisions, CUDA: the forward in the kernel's other product modes (the default is tf32x3)
 PRECISION_ROWS = ["genmod-ieee", "genmod-tf32"]
@@ -120,6 +121,14 @@ def run_size(args: argparse.Namespace, size: tuple[int, int, int], hspec: str) -
         rows.append(
             dict(size=size, h=h, device=args.device, tool="floor", time=t, peak=peak, note=note)
         )
+        # The forward's GEMM and exp again in the backward, then P y and P^T x: same shapes'
+        # work (the last two GEMMs, P's layouts, run no faster than x y^T), so a lower bound.
+        t = 4 * gemm["time"] + 2 * exp["time"]
+        note = ["4 x the GEMM row + 2 x the exp row: the products and exps of a forward and an "
+                "all-inputs backward"]  # fmt: skip
+        rows.append(
+            dict(size=size, h=h, device=args.device, tool="floor-fb", time=t, peak=peak, note=note)
+        )
     t0 = by_tool.get("genmod", {}).get("time")
     for r in rows:
         if t0 and "time" in r:
@@ -176,7 +185,16 @@ RATIOS = {
     "fwd+bwd-h": ("genmod fwd+bwd (grad h) / fwd, paired", "genmod-bwd-h", "genmod", True),
     "fwd+bwd-yh": ("genmod fwd+bwd (grad y, h) / fwd, paired", "genmod-bwd-yh", "genmod", True),
     "bwd": ("genmod bwd / fwd = (fwd+bwd - fwd) / fwd, paired", "bwd", "genmod", True),
+    "fb-floor": ("genmod fwd+bwd (grad x, y, h) / its floor", "genmod-bwd", "floor-fb", True),
+    "floor-fb": (
+        "the floors' own fwd+bwd / fwd, (4 GEMM + 2 exp) / (GEMM + exp)",
+        "floor-fb",
+        "floor",
+        True,
+    ),
 }
+# Ratios printed only where their rows were measured (no "n/a" line otherwise).
+OPTIONAL = {"time-ieee", "fb-floor", "floor-fb"}
 
 
 def targets(rows: list[dict], device: str) -> list[str]:
@@ -199,8 +217,8 @@ def targets(rows: list[dict], device: str) -> list[str]:
         for key, (label, num, den, upper) in RATIOS.items():
             if key not in bounds and (key == "time" or (key == "bwd" and device == "cpu")):
                 continue
-            if key == "time-ieee" and num not in times:
-                continue  # --precisions not given (or CPU): nothing to say
+            if key in OPTIONAL and (num not in times or (den is not None and den not in times)):
+                continue
             if num not in times or (den is not None and den not in times):
                 lines.append(f"n/a   {tag} {label}: not measured")
                 continue
@@ -288,7 +306,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     args.tools = None if args.tools is None else set(args.tools.split(","))
-    unknown = set() if args.tools is None else (args.tools - set(LABELS)) | (args.tools & {"floor"})
+    unknown = (
+        set()
+        if args.tools is None
+        else (args.tools - set(LABELS)) | (args.tools & {"floor", "floor-fb"})
+    )
     if unknown:
         p.error(f"--tools: unknown {sorted(unknown)}")
     args.repeats = args.repeats or (3 if args.quick else 5)
