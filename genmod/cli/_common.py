@@ -23,12 +23,17 @@ from hydra.errors import (
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["config_dir", "hydra_entry", "one_line", "user_error"]
+__all__ = ["config_dir", "drop_null_groups", "hydra_entry", "one_line", "user_error"]
 
 log = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 2
 """Exit status of a command stopped by invalid input (a config value, a file, the data)."""
+
+OPTIONAL_GROUPS = ("callbacks", "debug", "experiment", "logger", "scheduler")
+"""Config groups a run can go without: ``group=null`` (or ``group=none`` where the group has
+no ``none`` option) leaves the group out, as Hydra's ``~group`` does; Hydra itself refuses a
+null group override with a traceback."""
 
 
 def config_dir(package: Path | None = None) -> Path:
@@ -137,6 +142,23 @@ def _guard(task: Callable[[DictConfig], Any], prog: str) -> Callable[[DictConfig
     return guarded
 
 
+def drop_null_groups(argv: list[str], configs: Path | None = None) -> list[str]:
+    """``argv`` with ``group=null`` / ``group=none`` of an :data:`OPTIONAL_GROUPS` group
+    turned into ``~group`` (``group=none`` is kept where ``configs/<group>/none.yaml``
+    exists: that option is the group's own "nothing")."""
+    configs = config_dir() if configs is None else configs
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        value = value.strip()
+        if sep and key in OPTIONAL_GROUPS and value.lower() in ("null", "none"):
+            own = value.lower() == "none" and (configs / key / "none.yaml").is_file()
+            out.append(f"{key}=none" if own else f"~{key}")
+        else:
+            out.append(arg)
+    return out
+
+
 def _precheck(config_name: str, argv: list[str], prog: str) -> None:
     """Compose the config once with the command-line overrides so that composition errors
     (an unknown option, a misspelled key, bad override syntax) end in one line too.
@@ -151,6 +173,10 @@ def _precheck(config_name: str, argv: list[str], prog: str) -> None:
     for arg in argv:
         if arg in flags:
             continue
+        key, _, value = arg.partition("=")
+        options = sorted(p.stem for p in (config_dir() / key).glob("*.yaml"))
+        if options and value.strip().lower() == "null":  # a group Hydra cannot leave out
+            _fail(prog, ValueError(f"{arg}: choose one of {', '.join(options)}"))
         try:
             parsed += parser.parse_overrides([arg])
         except HydraException as err:
@@ -160,7 +186,7 @@ def _precheck(config_name: str, argv: list[str], prog: str) -> None:
         GlobalHydra.instance().clear()
         with hydra.initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             hydra.compose(config_name, overrides=fixed, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
         _fail(prog, err)
     finally:
         GlobalHydra.instance().clear()
@@ -185,6 +211,7 @@ def hydra_entry(
     def main(cfg: DictConfig | None = None) -> Any:
         if cfg is not None:
             return task(cfg)
+        sys.argv[1:] = drop_null_groups(sys.argv[1:])
         _precheck(config_name, sys.argv[1:], prog)
         decorated()
         return None

@@ -76,6 +76,7 @@ def compare_task(cfg: DictConfig) -> dict[str, Any]:
     from genmod.models.io import load_model, read_genmod_entry
     from genmod.training.build import to_container
     from genmod.training.evaluate import (
+        estimator_label,
         find_runs,
         load_split,
         log_likelihoods,
@@ -121,7 +122,7 @@ def compare_task(cfg: DictConfig) -> dict[str, Any]:
                 "run": str(run),
                 "checkpoint": entry["path"],
                 "model": type(model.model).__name__,
-                "estimator": model.estimator,
+                "estimator": estimator_label(model, cfg.num_samples),
                 **nll_summary(log_probs),
                 "log_probs": log_probs,
             }

@@ -30,6 +30,7 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
     from genmod.models.io import load_model, read_genmod_entry
     from genmod.training.build import to_container
     from genmod.training.evaluate import (
+        estimator_label,
         load_split,
         log_likelihoods,
         mean_eval_metrics,
@@ -54,7 +55,7 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
     results = {
         "checkpoint": entry["path"],
         "model": type(model.model).__name__,
-        "estimator": model.estimator,
+        "estimator": estimator_label(model, cfg.num_samples),
         "split": cfg.split,
         "data": datamodule.describe() if hasattr(datamodule, "describe") else str(data_config),
         f"{cfg.split}/nll": summary["nll"],

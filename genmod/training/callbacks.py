@@ -1,4 +1,5 @@
-"""Lightning callbacks of the NLL loop: a TensorBoard figure of the model each validation."""
+"""Lightning callbacks of the NLL loop: a TensorBoard figure of the model each validation, and
+checkpoints whose ``last.ckpt`` is the state after the latest epoch."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch import callbacks
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from genmod.training.figures import sample_figure
 from genmod.training.module import DensityModule
 
-__all__ = ["DensityFigures", "sample_kwargs"]
+__all__ = ["DensityFigures", "ModelCheckpoint", "sample_kwargs"]
 
 
 def sample_kwargs(model: Any, images: bool) -> dict[str, Any]:
@@ -122,3 +125,42 @@ class DensityFigures(L.Callback):
             log_density=log_density if heat else None,
             title=f"{label}: {title}" if title else label,
         )
+
+
+class ModelCheckpoint(callbacks.ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` (``save_last=True``) holds the
+    state after every epoch that trained, as resuming from it needs.
+
+    Lightning 2.6 rewrites ``last.ckpt`` only in the epochs that also save a top-k
+    checkpoint, so after a run's best epoch it went stale. Here, after Lightning's own saves
+    at the end of each validation (or, without one, each training epoch), ``last.ckpt`` is
+    written again when the global step moved on since it was last written by this hook.
+    Arguments are Lightning's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refreshed_at: int | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: L.Trainer) -> None:
+        skip = (
+            not self.save_last
+            or bool(trainer.fast_dev_run)
+            or trainer.sanity_checking
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.global_step == 0  # nothing trained: Lightning saves it at the end
+            or self._refreshed_at == trainer.global_step
+        )
+        if skip:
+            return
+        path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        self.last_model_path = path  # before saving: it is part of the saved state
+        trainer.save_checkpoint(path, self.save_weights_only)
+        self._refreshed_at = trainer.global_step

@@ -17,6 +17,7 @@ from torch import Tensor
 from genmod.models.base import DensityModel
 
 __all__ = [
+    "estimator_label",
     "find_runs",
     "load_split",
     "log_likelihoods",
@@ -109,6 +110,16 @@ def log_likelihoods(
         for part in x.split(batch_size):
             out.append(model.log_prob(part.to(device), **kwargs).double().cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def estimator_label(model: DensityModel, num_samples: int | None = None) -> str:
+    """How :func:`log_likelihoods` computed a model's likelihood with ``num_samples``: the
+    model's own label (``"exact"``, or e.g. ``"prior, K=4096"`` with its default K) with the
+    K replaced by ``num_samples`` for a Monte Carlo model when it is given."""
+    label = str(model.estimator)
+    if num_samples is None or ", K=" not in label:
+        return label
+    return f"{label.rsplit(', K=', 1)[0]}, K={num_samples}"
 
 
 def mean_eval_metrics(

@@ -171,7 +171,18 @@ BAD_TRAIN = {
     "bad trainer value": (("trainer.max_epochs=abc",), "trainer.max_epochs must be int"),
     "bad override syntax": (("model.kernel=[",), "cannot parse override"),
     "missing checkpoint": (("ckpt_path={tmp}/nope.ckpt",), "ckpt_path not found"),
+    "required group left out": (("data=null",), "data=null: choose one of checkerboard"),
 }
+
+
+@pytest.mark.parametrize("override", ["logger=null", "scheduler=none", "scheduler=null"])
+def test_optional_groups_are_left_out_with_null_or_none(override, cli, tmp_path):
+    """Hydra refuses ``group=null`` with a traceback; the README offers these spellings."""
+    run = tmp_path / "run"
+    status, _, err = cli(train, override, *QUICK, "model=gaussian", f"hydra.run.dir={run}")
+    assert status == 0, err
+    assert (run / "metrics.json").is_file()
+    assert (run / "tensorboard").is_dir() == (override != "logger=null")
 
 
 @pytest.mark.parametrize("case", BAD_TRAIN, ids=list(BAD_TRAIN))

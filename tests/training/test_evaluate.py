@@ -175,3 +175,13 @@ def test_density_module_training_modes(gen):
         learned.model.log_bandwidth
     ]
     np.testing.assert_allclose(rule.log_scale_sum, 0.0)
+
+
+def test_estimator_label_names_the_k_used(gen):
+    from genmod.training.evaluate import estimator_label
+
+    lvm = LatentVariableModel(2, 1, decoder="linear").eval()
+    assert estimator_label(lvm) == lvm.estimator == f"prior, K={lvm.eval_num_samples}"
+    assert estimator_label(lvm, 10) == "prior, K=10"
+    gaussian = Gaussian(2).fit(torch.randn(50, 2, generator=gen))
+    assert estimator_label(gaussian, 10) == estimator_label(gaussian) == "exact"

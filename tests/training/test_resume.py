@@ -43,3 +43,21 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(train_cfg, tmp_pa
 def test_missing_resume_checkpoint_is_a_clear_error(train_cfg, tmp_path):
     with pytest.raises(FileNotFoundError, match="ckpt_path not found"):
         train(train_cfg(f"ckpt_path={tmp_path / 'nope.ckpt'}"))
+
+
+def test_last_checkpoint_is_the_final_epoch_when_the_best_was_earlier(train_cfg, tmp_path):
+    """With mode=max the best checkpoint is the first epoch's (val/nll falls as the bandwidth
+    is learned); last.ckpt must still hold the final epoch, and metrics.json names it."""
+    cfg = train_cfg("trainer.max_epochs=3", "~callbacks.density_figures",
+                    "callbacks.model_checkpoint.mode=max")  # fmt: skip
+    metrics = train(cfg)
+    run = tmp_path / "run"
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    best = torch.load(run / metrics["best_checkpoint"], weights_only=True)
+    assert best["global_step"] < metrics["global_step"]  # the premise: the best is earlier
+    assert last["global_step"] == metrics["global_step"] and last["epoch"] == 2
+    assert metrics["last_checkpoint"] == "checkpoints/last.ckpt"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_000.ckpt",
+        "last.ckpt",
+    ]
