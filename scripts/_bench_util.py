@@ -295,7 +295,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if paired:
         res["paired"] = statistics.median(paired)
         notes.append(
-            f"{res['paired']:.3g}x the forward timed just before each call "
+            f"{res['paired']:.3f}x the forward timed just before each call "
             f"(median of {len(paired)}, range {min(paired):.3g}-{max(paired):.3g})"
         )
     ref = spec["ref"]

@@ -136,6 +136,12 @@ def run_size(args: argparse.Namespace, size: tuple[int, int, int], hspec: str) -
     return rows
 
 
+def fmt_value(v: float) -> str:
+    """A ratio or time for the targets: three decimals between 1 and 10 (so a value just over
+    a bound of 3 does not print as "3"), else three significant digits."""
+    return f"{v:.3f}" if 1 <= abs(v) < 10 else f"{v:.3g}"
+
+
 def fmt_time(t: float | None) -> str:
     if t is None:
         return "—"
@@ -225,12 +231,13 @@ def targets(rows: list[dict], device: str) -> list[str]:
             v = times[num] / (times[den] if den else 1.0)
             extra = " (extrapolated)" if "extrapolated" in " ".join(g[num].get("note", [])) else ""
             if key not in bounds:
-                lines.append(f"info  {tag} {label} = {v:.3g}{extra}")
+                lines.append(f"info  {tag} {label} = {fmt_value(v)}{extra}")
                 continue
             ok = v <= bounds[key] if upper else v >= bounds[key]
             sign = "<=" if upper else ">="
             status = "PASS" if ok else "FAIL"
-            lines.append(f"{status}  {tag} {label} = {v:.3g} (target {sign} {bounds[key]}){extra}")
+            value = fmt_value(v)
+            lines.append(f"{status}  {tag} {label} = {value} (target {sign} {bounds[key]}){extra}")
         for tool in ("genmod", *GRADS, *PRECISION_ROWS):
             e = g.get(tool, {}).get("err")
             if tool in PRECISION_ROWS and e is None:
