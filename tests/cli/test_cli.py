@@ -236,3 +236,13 @@ def test_a_failing_process_prints_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("genmod-train: error: ") and "bad.npy" in line and "row 4" in line
+
+
+@pytest.mark.parametrize("module", [eval, sample, compare], ids=lambda m: m.__name__)
+def test_help_of_the_other_commands_shows_their_own_settings(module, cli):
+    """They share the config folder with genmod-train, whose groups they do not take."""
+    status, out, err = cli(module, "--help")
+    name = module.__name__.split(".")[-1]
+    assert status == 0, err
+    assert out.startswith(f"genmod-{name}: ") and f"task_name: {name}" in out
+    assert "Configuration groups" not in out and "optimizer" not in out
