@@ -20,10 +20,17 @@ from hydra.errors import (
     InstantiationException,
     MissingConfigException,
 )
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["config_dir", "drop_null_groups", "hydra_entry", "one_line", "user_error"]
+__all__ = [
+    "config_dir",
+    "drop_null_groups",
+    "hydra_entry",
+    "one_line",
+    "optional_groups",
+    "user_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +149,34 @@ def _guard(task: Callable[[DictConfig], Any], prog: str) -> Callable[[DictConfig
     return guarded
 
 
-def drop_null_groups(argv: list[str], configs: Path | None = None) -> list[str]:
-    """``argv`` with ``group=null`` / ``group=none`` of an :data:`OPTIONAL_GROUPS` group
-    turned into ``~group`` (``group=none`` is kept where ``configs/<group>/none.yaml``
-    exists: that option is the group's own "nothing")."""
+def optional_groups(config_name: str, configs: Path | None = None) -> set[str]:
+    """:data:`OPTIONAL_GROUPS` and the groups whose default in ``<config_name>.yaml`` is null
+    (``data`` of genmod-eval: null there means the data stored in the checkpoint)."""
     configs = config_dir() if configs is None else configs
+    defaults = OmegaConf.load(configs / f"{config_name}.yaml").get("defaults") or []
+    nulls = {
+        str(key)
+        for entry in defaults
+        if isinstance(entry, DictConfig)
+        for key, value in entry.items()
+        if value is None
+    }
+    return set(OPTIONAL_GROUPS) | nulls
+
+
+def drop_null_groups(
+    argv: list[str], configs: Path | None = None, optional: set[str] | None = None
+) -> list[str]:
+    """``argv`` with ``group=null`` / ``group=none`` of an optional group (``optional``,
+    default :data:`OPTIONAL_GROUPS`) turned into ``~group`` (``group=none`` is kept where
+    ``configs/<group>/none.yaml`` exists: that option is the group's own "nothing")."""
+    configs = config_dir() if configs is None else configs
+    optional = set(OPTIONAL_GROUPS) if optional is None else optional
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=")
         value = value.strip()
-        if sep and key in OPTIONAL_GROUPS and value.lower() in ("null", "none"):
+        if sep and key in optional and value.lower() in ("null", "none"):
             own = value.lower() == "none" and (configs / key / "none.yaml").is_file()
             out.append(f"{key}=none" if own else f"~{key}")
         else:
@@ -211,7 +236,7 @@ def hydra_entry(
     def main(cfg: DictConfig | None = None) -> Any:
         if cfg is not None:
             return task(cfg)
-        sys.argv[1:] = drop_null_groups(sys.argv[1:])
+        sys.argv[1:] = drop_null_groups(sys.argv[1:], optional=optional_groups(config_name))
         _precheck(config_name, sys.argv[1:], prog)
         decorated()
         return None

@@ -73,10 +73,11 @@ def pairwise_logsumexp(
             query's sum (``-1`` for none); leave-one-out densities use it.
         backend: ``"auto"`` (Triton on CUDA for float32 gaussian, else blocked torch),
             ``"torch"`` or ``"triton"``.
-        precision: matrix-unit precision of the Triton kernel: ``"auto"`` (``"tf32x3"`` for
-            float32, ``"ieee"`` for float64), ``"ieee"`` (full float32 on the FMA units),
+        precision: matrix-unit precision of the Triton kernel (which takes float32):
+            ``"auto"`` (``"tf32x3"``), ``"ieee"`` (full float32 on the FMA units),
             ``"tf32x3"`` (split product, three TF32 tensor-core passes: its products err by
-            about 2^-21 relative, far below the rounding of the scores to float32, so the
+            about 2^-21 relative, comparable to the rounding of the scores to float32, and
+            the refinement's estimate bounds its error as it does full float32's, so the
             results meet the same 1e-4 bound), or ``"tf32"`` (faster, about 1e-3 relative
             error in distances: opt-in only). The torch path always uses full precision.
 
@@ -128,8 +129,13 @@ def pairwise_logsumexp(
     ex = None
     if exclude is not None:
         ex = exclude.to(torch.int64).expand(*batch, N).reshape(B, N).contiguous()
+    # The Triton kernel always expands |x - y|^2 (the torch path does so above D = 4 only):
+    # its float32 rows are checked and refined at every D.
+    expanded = D > _blocked.DIRECT_MAX_DIM
     if _use_triton(backend, kernel, x3):
         from genmod.ops._triton import triton_pairwise_lse
+
+        expanded = True
 
         if lw is None:
             lw = x3.new_zeros(B, M)
@@ -138,6 +144,6 @@ def pairwise_logsumexp(
         out = triton_pairwise_lse(x3, y3, scale_t, lw, ex, precision=precision)
     else:
         out = _blocked.BlockedPairwiseLSE.apply(x3, y3, scale_t, lw, ex, kernel)
-    if x3.dtype != torch.float64 and D > _blocked.DIRECT_MAX_DIM:
+    if x3.dtype != torch.float64 and expanded:
         out = refine_rows(out, x3, y3, scale_t, lw, ex, kernel)
     return out.reshape(*batch, N)

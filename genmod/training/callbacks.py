@@ -132,9 +132,9 @@ class ModelCheckpoint(callbacks.ModelCheckpoint):
     state after every epoch that trained, as resuming from it needs.
 
     Lightning 2.6 rewrites ``last.ckpt`` only in the epochs that also save a top-k
-    checkpoint, so after a run's best epoch it went stale. Here, after Lightning's own saves
-    at the end of each validation (or, without one, each training epoch), ``last.ckpt`` is
-    written again when the global step moved on since it was last written by this hook.
+    checkpoint, so after a run's best epoch it went stale. Here, after Lightning's own saves,
+    at the point where Lightning saves (by default the end of each training epoch),
+    ``last.ckpt`` is written again when the global step moved on since this hook last wrote it.
     Arguments are Lightning's."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -143,11 +143,20 @@ class ModelCheckpoint(callbacks.ModelCheckpoint):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        self._refresh_last(trainer)
+        if not self._saves_at_train_epoch_end(trainer):
+            self._refresh_last(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        self._refresh_last(trainer)
+        if self._saves_at_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def _saves_at_train_epoch_end(self, trainer: L.Trainer) -> bool:
+        """Lightning's own choice of save point (a checkpoint taken at the end of validation,
+        inside an epoch, is not resumable like one taken where Lightning saves); the end of
+        the training epoch where Lightning has no such rule."""
+        decide = getattr(self, "_should_save_on_train_epoch_end", None)
+        return True if decide is None else bool(decide(trainer))
 
     def _refresh_last(self, trainer: L.Trainer) -> None:
         skip = (

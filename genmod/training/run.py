@@ -212,6 +212,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # A model without gradient steps is final after its one epoch: its last checkpoint
         # is its best (Lightning saves no top-k checkpoint before the first step).
         best = (checkpoint.best_model_path or checkpoint.last_model_path) if checkpoint else ""
+        # Read before testing: trainer.test restores the best checkpoint's callback states.
+        last = checkpoint.last_model_path if checkpoint is not None else None
         if cfg.get("test", True):
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics.update({k: _float(v) for k, v in trainer.callback_metrics.items()})
@@ -226,9 +228,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "best_checkpoint": _relative(best, output_dir),
-            "last_checkpoint": _relative(
-                checkpoint.last_model_path if checkpoint is not None else None, output_dir
-            ),
+            "last_checkpoint": _relative(last, output_dir),
         }
     )
     if "val/nll_best" not in metrics and math.isfinite(module.val_nll_best):

@@ -246,3 +246,12 @@ def test_help_of_the_other_commands_shows_their_own_settings(module, cli):
     assert status == 0, err
     assert out.startswith(f"genmod-{name}: ") and f"task_name: {name}" in out
     assert "Configuration groups" not in out and "optimizer" not in out
+
+
+def test_eval_data_null_is_its_default_the_stored_data(runs, cli, tmp_path):
+    run = runs["kde"]
+    status, _, err = cli(eval, f"ckpt_path={run}", "data=null", f"hydra.run.dir={tmp_path}")
+    assert status == 0, err
+    result = json.loads((tmp_path / "eval.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert result["test/nll"] == pytest.approx(metrics["test/nll"], rel=1e-5)

@@ -47,9 +47,13 @@ def _tf32_truncate(a: torch.Tensor) -> torch.Tensor:
 
 def _emulated_dot(x: torch.Tensor, y: torch.Tensor, precision: str) -> torch.Tensor:
     """``x @ y.T`` as Triton's ``tl.dot(..., input_precision=precision)`` forms it on NVIDIA
-    matrix units: "tf32" reads both operands as TF32; "tf32x3" splits each operand into a
-    rounded TF32 part and the (truncated) rest and sums three TF32 products, leaving out
-    small @ small. Products of two TF32 values are exact in float32; sums are float32."""
+    matrix units: "ieee" in float32; "tf32" reads both operands as TF32; "tf32x3" splits
+    each operand into a rounded TF32 part and the (truncated) rest and sums three TF32
+    products, leaving out small @ small. The operand conversions are bit-exact; products of
+    two TF32 values are exact in float32, and the sums here are plain float32 ones (the
+    tensor cores' own accumulation order and rounding are not modelled)."""
+    if precision == "ieee":
+        return x @ y.T
     if precision == "tf32":
         return _tf32_truncate(x) @ _tf32_truncate(y).T
     xb, yb = _tf32_round(x), _tf32_round(y)
@@ -69,14 +73,14 @@ def _triton_expansion(x: torch.Tensor, y: torch.Tensor, scale: float, precision:
     return (cx.double() + torch.logsumexp(t * ln2, 1) / ln2) * ln2
 
 
-@pytest.mark.parametrize("dim", [5, 16, 64, 128])
+@pytest.mark.parametrize("dim", [2, 3, 5, 16, 64, 128])
 @pytest.mark.parametrize("scale", [0.01, 0.1, 1.0])
 @pytest.mark.parametrize("std", [0.3, 3.0])
 def test_estimate_bounds_the_split_tf32_error(dim, scale, std):
-    """Why CUDA float32 defaults to precision="tf32x3": with the split product the expansion's
-    error stays within the same estimate as with full float32 products (the rounding of the
-    scores to float32 dominates), so the refinement keeps the 1e-4 bound; plain TF32 does not
-    (it is opt-in and documented as about 1e-3)."""
+    """Why CUDA float32 defaults to precision="tf32x3": with the split product the Triton
+    kernel's expansion errs within the same estimate as with full float32 products (the two
+    are comparable), so the refinement keeps the 1e-4 bound, at every D (the kernel expands
+    at D <= 4 too); plain TF32 does not (opt-in, documented as about 1e-3)."""
     g = torch.Generator().manual_seed(dim)
     y = std * torch.randn(1000, dim, generator=g) + 0.5
     near = y[:60] + 0.3 * scale * torch.randn(60, dim, generator=g)
@@ -85,8 +89,11 @@ def test_estimate_bounds_the_split_tf32_error(dim, scale, std):
     centre = y.mean(0)
     xc, yc = x - centre, y - centre
     slack = 1e-6 * ref.abs().clamp_min(1.0)
-    for precision in ("tf32x3", "tf32"):
+    for precision in ("ieee", "tf32x3", "tf32"):
         raw = _triton_expansion(xc, yc, scale, precision)
         est = _refine.error_estimate(raw[None].float(), xc[None], torch.tensor(scale), None, 1000)
         within = bool(((raw - ref).abs() <= est[0] + slack).all())
-        assert within == (precision == "tf32x3"), (precision, (raw - ref).abs().max().item())
+        if precision != "tf32":
+            assert within, (precision, (raw - ref).abs().max().item())
+        elif dim >= 5:  # in few dimensions TF32's error can still fall under the estimate
+            assert not within, (precision, (raw - ref).abs().max().item())

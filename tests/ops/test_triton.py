@@ -256,6 +256,24 @@ def test_cuda_accuracy_4096(precision: str) -> None:
 
 @pytest.mark.gpu
 @cuda
+@pytest.mark.parametrize("dim", [2, 64])
+def test_cuda_default_path_meets_the_bound(dim: int) -> None:
+    """The public function on CUDA float32: the default split-TF32 kernel, then the rows the
+    error estimate flags refined in float64, at D <= 4 too (the kernel expands there)."""
+    from genmod.ops import pairwise_logsumexp
+    from tests.conftest import brute_pairwise_logsumexp, nats_error
+
+    gen = torch.Generator().manual_seed(dim)
+    y = 3 * torch.randn(2000, dim, generator=gen) + 0.5
+    near = y[:200] + 0.003 * torch.randn(200, dim, generator=gen)
+    x = torch.cat([3 * torch.randn(200, dim, generator=gen), near])
+    for h in (0.01, 0.3, 3.0):
+        out = pairwise_logsumexp(x.cuda(), y.cuda(), h)
+        assert nats_error(out.cpu(), brute_pairwise_logsumexp(x, y, h)) <= FP32_BOUND, h
+
+
+@pytest.mark.gpu
+@cuda
 def test_cuda_memory_100k() -> None:
     from genmod.ops._triton import triton_pairwise_lse
 

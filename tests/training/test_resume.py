@@ -61,3 +61,10 @@ def test_last_checkpoint_is_the_final_epoch_when_the_best_was_earlier(train_cfg,
         "epoch_000.ckpt",
         "last.ckpt",
     ]
+    # and it resumes: two more epochs continue from the third (a snapshot taken before the
+    # epoch's end made early stopping fail on resume)
+    last_path = run / "checkpoints" / "last.ckpt"
+    more = train(train_cfg("trainer.max_epochs=5", "~callbacks.density_figures",
+                           "callbacks.model_checkpoint.mode=max", f"ckpt_path={last_path}",
+                           name="more"))  # fmt: skip
+    assert more["epochs"] == 5 and more["global_step"] == 25
