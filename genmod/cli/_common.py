@@ -28,7 +28,6 @@ __all__ = [
     "drop_null_groups",
     "hydra_entry",
     "one_line",
-    "optional_groups",
     "user_error",
 ]
 
@@ -149,11 +148,10 @@ def _guard(task: Callable[[DictConfig], Any], prog: str) -> Callable[[DictConfig
     return guarded
 
 
-def optional_groups(config_name: str, configs: Path | None = None) -> set[str]:
+def _optional_groups(config_name: str) -> set[str]:
     """:data:`OPTIONAL_GROUPS` and the groups whose default in ``<config_name>.yaml`` is null
     (``data`` of genmod-eval: null there means the data stored in the checkpoint)."""
-    configs = config_dir() if configs is None else configs
-    defaults = OmegaConf.load(configs / f"{config_name}.yaml").get("defaults") or []
+    defaults = OmegaConf.load(config_dir() / f"{config_name}.yaml").get("defaults") or []
     nulls = {
         str(key)
         for entry in defaults
@@ -164,20 +162,17 @@ def optional_groups(config_name: str, configs: Path | None = None) -> set[str]:
     return set(OPTIONAL_GROUPS) | nulls
 
 
-def drop_null_groups(
-    argv: list[str], configs: Path | None = None, optional: set[str] | None = None
-) -> list[str]:
-    """``argv`` with ``group=null`` / ``group=none`` of an optional group (``optional``,
-    default :data:`OPTIONAL_GROUPS`) turned into ``~group`` (``group=none`` is kept where
-    ``configs/<group>/none.yaml`` exists: that option is the group's own "nothing")."""
-    configs = config_dir() if configs is None else configs
-    optional = set(OPTIONAL_GROUPS) if optional is None else optional
+def drop_null_groups(argv: list[str], config_name: str) -> list[str]:
+    """``argv`` with ``group=null`` / ``group=none`` of a group the command can go without
+    (:func:`_optional_groups`) turned into ``~group``; ``group=none`` is kept where
+    ``configs/<group>/none.yaml`` exists (that option is the group's own "nothing")."""
+    optional = _optional_groups(config_name)
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        value = value.strip()
-        if sep and key in optional and value.lower() in ("null", "none"):
-            own = value.lower() == "none" and (configs / key / "none.yaml").is_file()
+        value = value.strip().lower()
+        if sep and key in optional and value in ("null", "none"):
+            own = value == "none" and (config_dir() / key / "none.yaml").is_file()
             out.append(f"{key}=none" if own else f"~{key}")
         else:
             out.append(arg)
@@ -236,7 +231,7 @@ def hydra_entry(
     def main(cfg: DictConfig | None = None) -> Any:
         if cfg is not None:
             return task(cfg)
-        sys.argv[1:] = drop_null_groups(sys.argv[1:], optional=optional_groups(config_name))
+        sys.argv[1:] = drop_null_groups(sys.argv[1:], config_name)
         _precheck(config_name, sys.argv[1:], prog)
         decorated()
         return None

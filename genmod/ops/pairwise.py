@@ -129,13 +129,9 @@ def pairwise_logsumexp(
     ex = None
     if exclude is not None:
         ex = exclude.to(torch.int64).expand(*batch, N).reshape(B, N).contiguous()
-    # The Triton kernel always expands |x - y|^2 (the torch path does so above D = 4 only):
-    # its float32 rows are checked and refined at every D.
-    expanded = D > _blocked.DIRECT_MAX_DIM
-    if _use_triton(backend, kernel, x3):
+    use_triton = _use_triton(backend, kernel, x3)
+    if use_triton:
         from genmod.ops._triton import triton_pairwise_lse
-
-        expanded = True
 
         if lw is None:
             lw = x3.new_zeros(B, M)
@@ -144,6 +140,8 @@ def pairwise_logsumexp(
         out = triton_pairwise_lse(x3, y3, scale_t, lw, ex, precision=precision)
     else:
         out = _blocked.BlockedPairwiseLSE.apply(x3, y3, scale_t, lw, ex, kernel)
-    if x3.dtype != torch.float64 and expanded:
+    # The Triton kernel expands |x - y|^2 at every D (the torch path above D = 4 only), so
+    # its float32 rows are checked and refined at every D.
+    if x3.dtype != torch.float64 and (use_triton or D > _blocked.DIRECT_MAX_DIM):
         out = refine_rows(out, x3, y3, scale_t, lw, ex, kernel)
     return out.reshape(*batch, N)
