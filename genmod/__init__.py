@@ -24,6 +24,7 @@ __all__ = [
     "Standardized",
     "load_model",
     "pairwise_logsumexp",
+    "register_model",
 ]
 
 

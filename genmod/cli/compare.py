@@ -76,9 +76,9 @@ def compare_task(cfg: DictConfig) -> dict[str, Any]:
     from genmod.models.io import load_model, read_genmod_entry
     from genmod.training.build import to_container
     from genmod.training.evaluate import (
+        checkpoint_split,
         estimator_label,
         find_runs,
-        load_split,
         log_likelihoods,
         nll_summary,
         paired_difference,
@@ -98,16 +98,15 @@ def compare_task(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"runs: need at least two models to compare, got {len(runs)} ({given[0]})")
     device = resolve_device(cfg.device)
     entries = [read_genmod_entry(run) for run in runs]
-    data_config = to_container(cfg.get("data")) or entries[0].get("data")
-    if not data_config:
-        raise ValueError("the first checkpoint stores no data config: pass one, e.g. data=moons")
+    x, datamodule, data_config = checkpoint_split(
+        to_container(cfg.get("data")), entries[0], cfg.split
+    )
     for run, entry in zip(runs[1:], entries[1:], strict=True):
         if cfg.get("data") is None and _split_key(entry.get("data")) != _split_key(data_config):
             log.warning(
                 "%s was trained on other data than the first run; testing all on the first's",
                 run,
             )
-    x, datamodule = load_split(data_config, cfg.split)
 
     rows = []
     for run, label, entry in zip(runs, _labels(runs), entries, strict=True):

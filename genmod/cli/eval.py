@@ -30,8 +30,8 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
     from genmod.models.io import load_model, read_genmod_entry
     from genmod.training.build import to_container
     from genmod.training.evaluate import (
+        checkpoint_split,
         estimator_label,
-        load_split,
         log_likelihoods,
         mean_eval_metrics,
         nll_summary,
@@ -42,10 +42,7 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     entry = read_genmod_entry(cfg.ckpt_path)
     model = load_model(entry["path"], map_location=device)
-    data_config = to_container(cfg.get("data")) or entry.get("data")
-    if not data_config:
-        raise ValueError("the checkpoint stores no data config: pass one, e.g. data=moons")
-    x, datamodule = load_split(data_config, cfg.split)
+    x, datamodule, data_config = checkpoint_split(to_container(cfg.get("data")), entry, cfg.split)
     torch.manual_seed(cfg.seed)
     log_probs = log_likelihoods(
         model, x, batch_size=cfg.batch_size, num_samples=cfg.num_samples, device=device

@@ -57,7 +57,7 @@ def sample_task(cfg: DictConfig) -> dict[str, Any]:
     data = None
     if cfg.show_data and entry.get("data"):
         try:
-            data = load_split(entry["data"], "test")[0].float()
+            data = load_split(entry["data"], "test", stored=entry["path"])[0].float()
         except (OSError, ValueError) as err:
             log.warning("data not shown (%s)", " ".join(str(err).split()))
 

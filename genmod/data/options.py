@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from genmod.data.files import DataError
 from genmod.data.preprocess import split_sizes
 from genmod.data.toys import TOY_DATASETS
 
-__all__ = ["DATASETS", "check_options"]
+__all__ = ["DATA_TARGETS", "DATASETS", "check_options", "check_stored_config"]
 
 DATASETS: tuple[str, ...] = (*TOY_DATASETS, "digits", "file")
 """Values of ``DensityDataModule(name=...)``."""
@@ -104,3 +105,46 @@ def check_options(
         "num_workers": _int_at_least(num_workers, "num_workers", 0),
         "image_shape": _image_shape(image_shape, name),
     }
+
+
+DATA_TARGETS = ("genmod.data.DensityDataModule", "genmod.data.datamodule.DensityDataModule")
+"""The ``_target_`` values a data config read from a checkpoint may name."""
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def check_stored_config(config: Any, source: str) -> dict[str, Any]:
+    """The keyword arguments of :class:`~genmod.data.DensityDataModule` in a data config
+    read from a file someone else may have written (a checkpoint), checked as data.
+
+    A stored config decides no code: its ``_target_`` must be one of :data:`DATA_TARGETS`,
+    every other key an argument of :func:`check_options` (no ``_args_``, ``_partial_`` or
+    other Hydra keys), and every value a plain scalar or a list of them, so nothing nested
+    can name a callable. The values are then checked like any user's.
+
+    Raises:
+        DataError: naming ``source`` and the offending key; nothing is imported or called.
+    """
+    if not isinstance(config, dict):
+        raise DataError(f"{source}: the stored data config is not a mapping")
+    target = config.get("_target_")
+    if target not in DATA_TARGETS:
+        raise DataError(
+            f"{source}: the stored data config names _target_ {target!r}, which is not one of "
+            f"genmod's data classes ({DATA_TARGETS[0]}); pass the data yourself, e.g. data=moons"
+        )
+    allowed = set(inspect.signature(check_options).parameters)
+    kwargs = {}
+    for key, value in config.items():
+        if key == "_target_":
+            continue
+        if not isinstance(key, str) or key not in allowed:
+            raise DataError(f"{source}: the stored data config has an unknown key {key!r}")
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, _PLAIN) for item in items):
+            raise DataError(
+                f"{source}: data.{key} in the stored data config is not a plain value "
+                f"(got {type(value).__name__})"
+            )
+        kwargs[key] = value
+    return kwargs

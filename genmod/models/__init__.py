@@ -13,6 +13,7 @@ __all__ = [
     "Standardized",
     "load_model",
     "MODEL_CLASSES",
+    "register_model",
 ]
 
 _LAZY = {
@@ -23,6 +24,7 @@ _LAZY = {
     "Standardized": "genmod.models.io",
     "load_model": "genmod.models.io",
     "MODEL_CLASSES": "genmod.models.io",
+    "register_model": "genmod.models.io",
 }
 
 

@@ -17,6 +17,7 @@ statsmodels do): a starting point that ``fit_bandwidth`` improves on.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -104,6 +105,22 @@ def rule_bandwidth(
     return h
 
 
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _as_array(value: Any) -> Any:
+    """A real number or array-like as something :func:`torch.as_tensor` takes (numpy
+    scalars and 0-d arrays included); booleans are left for the caller to reject."""
+    if isinstance(value, numbers.Real) and not hasattr(value, "__array__"):
+        return float(value)
+    import numpy as np  # only reached with a numpy value, so numpy is installed
+
+    array = np.asarray(value)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"bandwidth must be numeric, got {value!r}")
+    return array.astype(np.float64)
+
+
 def resolve_bandwidth(
     bandwidth: float | str | Tensor | list[float],
     data: Tensor,
@@ -123,6 +140,14 @@ def resolve_bandwidth(
         raise ValueError(f"bandwidth_type must be one of {BANDWIDTH_TYPES}, got {bandwidth_type!r}")
     if isinstance(bandwidth, str):
         return rule_bandwidth(data, bandwidth, weights, bandwidth_type)
+    if not isinstance(bandwidth, bool | Tensor | list | tuple) and (
+        isinstance(bandwidth, numbers.Real) or hasattr(bandwidth, "__array__")
+    ):
+        bandwidth = torch.as_tensor(_as_array(bandwidth))  # numpy scalars and arrays
+    if isinstance(bandwidth, Tensor) and not (
+        bandwidth.is_floating_point() or bandwidth.dtype in _INT_DTYPES
+    ):
+        raise ValueError(f"bandwidth must be a real number, got a {bandwidth.dtype} tensor")
     if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float, Tensor, list, tuple)):
         raise ValueError(
             f"bandwidth must be a positive number, a sequence of them or one of {RULES}, "

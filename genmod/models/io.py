@@ -31,6 +31,7 @@ __all__ = [
     "model_class_name",
     "read_genmod_entry",
     "rebuild_model",
+    "register_model",
     "resolve_checkpoint",
 ]
 
@@ -45,56 +46,85 @@ _BUILTIN = {
     "LatentVariableModel": "genmod.models.lvm",
 }
 
+_REGISTERED: dict[str, type[DensityModel]] = {}
+"""Model classes added by :func:`register_model`, by the name checkpoints store."""
+
 
 class _ModelClasses(Mapping[str, type]):
-    """Built-in model classes by name, each imported on first access."""
+    """Built-in model classes by name (each imported on first access from genmod's own
+    modules), then the classes added by :func:`register_model`."""
 
     def __getitem__(self, name: str) -> type:
-        if name not in _BUILTIN:
-            raise KeyError(name)
-        return getattr(importlib.import_module(_BUILTIN[name]), name)
+        if name in _BUILTIN:
+            return getattr(importlib.import_module(_BUILTIN[name]), name)
+        return _REGISTERED[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(_BUILTIN)
+        return iter([*_BUILTIN, *_REGISTERED])
 
     def __len__(self) -> int:
-        return len(_BUILTIN)
+        return len(_BUILTIN) + len(_REGISTERED)
 
     def __repr__(self) -> str:
-        return f"MODEL_CLASSES({', '.join(_BUILTIN)})"
+        return f"MODEL_CLASSES({', '.join(self)})"
 
 
 MODEL_CLASSES: Mapping[str, type] = _ModelClasses()
-"""``{"Gaussian": Gaussian, "KDE": KDE, "LatentVariableModel": LatentVariableModel}``,
-imported lazily. Other :class:`DensityModel` subclasses are stored as ``"module:QualName"``."""
+"""The model classes a checkpoint may name: ``Gaussian``, ``KDE`` and
+``LatentVariableModel`` (imported lazily), and those added by :func:`register_model`
+(stored as ``"module:QualName"``). Nothing else is ever imported from a checkpoint."""
+
+
+def _import_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def model_class_name(model: DensityModel) -> str:
     """The name a checkpoint stores for ``model``'s class: the key in :data:`MODEL_CLASSES`
-    for built-in models, ``"module:QualName"`` for any other importable class."""
+    for built-in models, ``"module:QualName"`` for any other class."""
     cls = type(model)
     if _BUILTIN.get(cls.__name__) == cls.__module__:
         return cls.__name__
-    return f"{cls.__module__}:{cls.__qualname__}"
+    return _import_name(cls)
 
 
-def _model_class(name: str) -> type[DensityModel]:
+def register_model(cls: type[DensityModel]) -> type[DensityModel]:
+    """Allow checkpoints of the :class:`DensityModel` subclass ``cls`` to be loaded.
+
+    A checkpoint is data: it names its model class, but :func:`load_model` only rebuilds
+    classes of :data:`MODEL_CLASSES`, and never imports a module a checkpoint names.
+    Research code with its own model class registers it (usable as a decorator) before
+    loading its checkpoints.
+
+    Raises:
+        ValueError: when ``cls`` is not a DensityModel subclass.
+
+    Example:
+        >>> from genmod import Gaussian
+        >>> @register_model
+        ... class Shifted(Gaussian):
+        ...     pass
+        >>> MODEL_CLASSES[model_class_name(Shifted(2))] is Shifted
+        True
+    """
+    if not (isinstance(cls, type) and issubclass(cls, DensityModel)):
+        raise ValueError(f"register_model needs a DensityModel subclass, got {cls!r}")
+    _REGISTERED[_import_name(cls)] = cls
+    return cls
+
+
+def _model_class(name: Any) -> type[DensityModel]:
+    if not isinstance(name, str):
+        raise ValueError(f"checkpoint: model_class must be a string, got {type(name).__name__}")
     if name in MODEL_CLASSES:
         return MODEL_CLASSES[name]
-    module_name, _, qualname = name.partition(":")
-    if not qualname:
+    if ":" in name:
         raise ValueError(
-            f"checkpoint: unknown model_class {name!r}; known: {', '.join(MODEL_CLASSES)}"
+            f"checkpoint: model_class {name!r} is not a registered genmod model; a checkpoint "
+            "never decides what code is imported: if you trust this model's code, import it "
+            "and call genmod.register_model(<its class>) before loading"
         )
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"checkpoint: cannot import model_class {name!r} ({err})") from err
-    if not (isinstance(obj, type) and issubclass(obj, DensityModel)):
-        raise ValueError(f"checkpoint: model_class {name!r} is not a DensityModel subclass")
-    return obj
+    raise ValueError(f"checkpoint: unknown model_class {name!r}; known: {', '.join(MODEL_CLASSES)}")
 
 
 def rebuild_model(
@@ -102,7 +132,14 @@ def rebuild_model(
 ) -> DensityModel:
     """The model of class ``name`` (see :func:`model_class_name`) from its ``hparams`` and
     ``state_dict``, in the dtype of the saved floating tensors (float64 stays float64)."""
-    model = _model_class(name).from_state(hparams, state_dict)
+    cls = _model_class(name)
+    if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
+        raise ValueError(f"checkpoint: the hparams of {name} must be a dict of named values")
+    try:
+        model = cls.from_state(hparams, state_dict)
+    except (TypeError, KeyError, RuntimeError) as err:  # wrong keys, shapes or types
+        text = " ".join(str(err).split())[:300]
+        raise ValueError(f"checkpoint: cannot rebuild {name} from its state ({text})") from err
     dtypes = {v.dtype for v in state_dict.values() if v.is_floating_point()}
     if len(dtypes) == 1 and next(iter(dtypes)) != torch.get_default_dtype():
         model = model.to(dtypes.pop())

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from genmod.models.bandwidth import resolve_bandwidth, rule_bandwidth, search_log_bandwidth
 from genmod.models.base import DensityModel, check_generator, check_points
 from genmod.models.kernels import check_kernel, kernel_variance, log_normalizer, sample_kernel
-from genmod.ops import pairwise_logsumexp
+from genmod.ops import min_scale, pairwise_logsumexp
 
 __all__ = ["KDE"]
 
@@ -142,6 +142,13 @@ class KDE(DensityModel):
     ) -> Tensor:
         """``log sum_j w_j K_h(x_i - y_j)`` (unnormalised weights as given in ``lw``)."""
         kw = {"kernel": self.kernel, "exclude": exclude}
+        smallest = min_scale(x.dtype)
+        if bool((log_h < math.log(smallest)).any()):
+            h = float(log_h.detach().min().exp())
+            raise ValueError(
+                f"bandwidth {h:.3g} is below the smallest {str(x.dtype)[6:]} supports "
+                f"({smallest:.3g}: 1 / h^2 overflows it); use float64 data, e.g. model.double()"
+            )
         if self.bandwidth_type == "diagonal":
             h = log_h.exp()
             out = pairwise_logsumexp(x / h, y / h, 1.0, lw, **kw) - log_h.sum()

@@ -1,11 +1,13 @@
 """Numerical kernels (torch only; Triton optional on CUDA)."""
 
 from genmod.ops._tiles import set_tile_budget, tile_budget_bytes
+from genmod.ops._validate import min_scale
 from genmod.ops.pairwise import KERNELS, pairwise_logsumexp
 from genmod.ops.profiles import d_log_profile, log_profile
 
 __all__ = [
     "KERNELS",
+    "min_scale",
     "pairwise_logsumexp",
     "log_profile",
     "d_log_profile",

@@ -30,21 +30,30 @@ __all__ = ["BlockedPairwiseLSE", "DIRECT_MAX_DIM"]
 DIRECT_MAX_DIM = 4
 
 
-def _expanded(kernel: str, dim: int) -> bool:
-    return kernel == "gaussian" and dim > DIRECT_MAX_DIM
+def _expanded(kernel: str, dim: int, direct: bool = False) -> bool:
+    return kernel == "gaussian" and dim > DIRECT_MAX_DIM and not direct
 
 
 def _tile_scores(
-    xb: Tensor, yb: Tensor, bias: Tensor, x2: Tensor, y2: Tensor, inv_s2: Tensor, kernel: str
+    xb: Tensor,
+    yb: Tensor,
+    bias: Tensor,
+    x2: Tensor,
+    y2: Tensor,
+    inv_s2: Tensor,
+    kernel: str,
+    direct: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Scores of one tile ``[b, n, m]`` and, on the general path, ``r2 = |x - y|^2 / s^2``.
 
     On the expanded gaussian path (``_expanded``) the scores omit the row constant
     ``-|x|^2 / (2 s^2)`` and ``bias`` is ``lw - |y|^2 / (2 s^2)``; otherwise ``bias = lw``.
+    ``direct`` builds ``r2`` from explicit differences at any D (D passes over the tile):
+    exact to the dtype's relative precision, for the rows the expansion cannot resolve.
     """
-    if _expanded(kernel, xb.shape[-1]):
+    if _expanded(kernel, xb.shape[-1], direct):
         return torch.baddbmm(bias.unsqueeze(1), xb * inv_s2, yb.transpose(1, 2)), None
-    if xb.shape[-1] <= DIRECT_MAX_DIM:
+    if direct or xb.shape[-1] <= DIRECT_MAX_DIM:
         # Few dimensions: explicit differences are cheap and free of cancellation.
         r2 = (xb[..., 0].unsqueeze(2) - yb[..., 0].unsqueeze(1)).square_()
         for d in range(1, xb.shape[-1]):
@@ -76,6 +85,7 @@ def _forward_tiles(
     y2: Tensor,
     exclude: Tensor | None,
     kernel: str,
+    direct: bool = False,
 ) -> Tensor:
     """The eager tiled forward (any kernel, device and dtype)."""
     B, N, _ = x.shape
@@ -93,7 +103,7 @@ def _forward_tiles(
                 j1 = min(M, j0 + tm)
                 sc, _ = _tile_scores(
                     x[b0:b1, i0:i1], y[b0:b1, j0:j1], bias[b0:b1, j0:j1],
-                    x2[b0:b1, i0:i1], y2[b0:b1, j0:j1], inv_s2, kernel,
+                    x2[b0:b1, i0:i1], y2[b0:b1, j0:j1], inv_s2, kernel, direct,
                 )  # fmt: skip
                 _mask_excluded(sc, ex, j0)
                 m, s = _tiles.online_lse_update(sc, m, s)
@@ -102,32 +112,34 @@ def _forward_tiles(
 
 
 class BlockedPairwiseLSE(torch.autograd.Function):
-    """``out[b, i] = logsumexp_j (lw[b, j] + log k(|x[b,i] - y[b,j]|^2 / s^2))`` in tiles."""
+    """``out[b, i] = logsumexp_j (lw[b, j] + log k(|x[b,i] - y[b,j]|^2 / s^2))`` in tiles;
+    ``direct=True`` uses explicit differences at every D (see :func:`_tile_scores`)."""
 
     @staticmethod
-    def forward(ctx, x, y, scale, lw, exclude, kernel):  # noqa: D102
+    def forward(ctx, x, y, scale, lw, exclude, kernel, direct=False):  # noqa: D102
         B, N, _ = x.shape
         M = y.shape[1]
         inv_s2 = scale.reciprocal().square()
         x2 = x.square().sum(-1)
         y2 = y.square().sum(-1)
         lw_ = torch.zeros(B, M, dtype=x.dtype, device=x.device) if lw is None else lw
-        expanded = _expanded(kernel, x.shape[-1])
+        expanded = _expanded(kernel, x.shape[-1], direct)
         bias = lw_ - 0.5 * inv_s2 * y2 if expanded else lw_
         if expanded and _fused.use_fused(x, B * N * M):
             out = _fused.fused_gaussian_forward(x, y, inv_s2, bias, exclude)
         else:
-            out = _forward_tiles(x, y, inv_s2, bias, x2, y2, exclude, kernel)
+            out = _forward_tiles(x, y, inv_s2, bias, x2, y2, exclude, kernel, direct)
         if expanded:
             out -= 0.5 * inv_s2 * x2
         ctx.save_for_backward(x, y, scale, lw, exclude, out)
         ctx.kernel = kernel
+        ctx.direct = direct
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
         x, y, scale, lw, exclude, out = ctx.saved_tensors
-        kernel = ctx.kernel
+        kernel, direct = ctx.kernel, ctx.direct
         need_x, need_y, need_s, need_w = ctx.needs_input_grad[:4]
         B, N, _ = x.shape
         M = y.shape[1]
@@ -135,11 +147,11 @@ class BlockedPairwiseLSE(torch.autograd.Function):
         x2 = x.square().sum(-1)
         y2 = y.square().sum(-1)
         lw_ = torch.zeros(B, M, dtype=x.dtype, device=x.device) if lw is None else lw
-        expanded = _expanded(kernel, x.shape[-1])
+        expanded = _expanded(kernel, x.shape[-1], direct)
         bias = lw_ - 0.5 * inv_s2 * y2 if expanded else lw_
         # Reference for p = exp(score - out): +inf where out = -inf so that p = 0 there.
         ref = out + 0.5 * inv_s2 * x2 if expanded else out
-        ref = ref.masked_fill(out == -math.inf, math.inf)
+        ref = ref.masked_fill((out == -math.inf) | out.isnan(), math.inf)  # NaN: refined
         g = grad_out.to(x.dtype)
         if expanded and _fused.use_fused(x, B * N * M):
             flags = (need_x, need_y, need_s, need_w)
@@ -149,7 +161,7 @@ class BlockedPairwiseLSE(torch.autograd.Function):
             )
             # d/ds of -|x - y|^2 / (2 s^2) is |x - y|^2 / s^3.
             grad_s = (d2g * inv_s2 / scale).reshape(scale.shape) if need_s else None
-            return gx, gy, grad_s, gw if need_w else None, None, None
+            return gx, gy, grad_s, gw if need_w else None, None, None, None
         gx = torch.zeros_like(x) if need_x else None
         gy = torch.zeros_like(y) if need_y else None
         gw = torch.zeros(B, M, dtype=x.dtype, device=x.device) if need_w else None
@@ -166,7 +178,7 @@ class BlockedPairwiseLSE(torch.autograd.Function):
                     yb = y[b0:b1, j0:j1]
                     sc, r2 = _tile_scores(
                         xb, yb, bias[b0:b1, j0:j1], x2[b0:b1, i0:i1], y2[b0:b1, j0:j1],
-                        inv_s2, kernel,
+                        inv_s2, kernel, direct,
                     )  # fmt: skip
                     _mask_excluded(sc, ex, j0)
                     # P[b, i, j] = g_i * p_ij: the weight of pair (i, j) in every gradient.
@@ -201,4 +213,4 @@ class BlockedPairwiseLSE(torch.autograd.Function):
                         gs += d2c
         # d r2 / d s = -2 r2 / s  =>  grad_s = sum_ij C_ij * (-2 |x_i - y_j|^2 / s^3).
         grad_s = (-2.0 * gs * inv_s2 / scale).reshape(scale.shape) if need_s else None
-        return gx, gy, grad_s, gw, None, None
+        return gx, gy, grad_s, gw, None, None, None

@@ -52,7 +52,31 @@ def _flag_rows(out: Tensor, x: Tensor, scale: Tensor, lw: Tensor | None, M: int)
     """``[B, N]`` mask of rows whose estimated rounding error exceeds the tolerance."""
     err = error_estimate(out, x, scale, lw, M)
     o = out.detach().double()
-    return torch.isfinite(o) & (err > TOL * o.abs().clamp_min(1.0))
+    # NaN only comes from overflow (inputs are finite): |x|^2 / s^2 beyond the dtype's range.
+    return o.isnan() | (torch.isfinite(o) & (err > TOL * o.abs().clamp_min(1.0)))
+
+
+def _recompute(
+    x: Tensor,
+    y: Tensor,
+    scale: Tensor,
+    lw: Tensor | None,
+    exclude: Tensor | None,
+    kernel: str,
+    b: int,
+    rows: Tensor,
+    direct: bool,
+) -> Tensor:
+    """Rows ``rows`` of batch ``b`` in float64 ``[1, len(rows)]`` (differentiable)."""
+    return BlockedPairwiseLSE.apply(
+        x[b, rows].double().unsqueeze(0),
+        y[b].double().unsqueeze(0),
+        scale.double(),
+        None if lw is None else lw[b].double().unsqueeze(0),
+        None if exclude is None else exclude[b, rows].unsqueeze(0),
+        kernel,
+        direct,
+    )
 
 
 def refine_rows(
@@ -64,21 +88,29 @@ def refine_rows(
     exclude: Tensor | None,
     kernel: str,
 ) -> Tensor:
-    """Return ``out`` with flagged rows replaced by their float64 recomputation (which is
-    differentiable too, so their gradients are float64-accurate as well)."""
+    """Return ``out`` with flagged rows replaced by a float64 recomputation (differentiable
+    too, so their gradients are float64-accurate as well).
+
+    A flagged float32 row is recomputed by the float64 expansion; where even that may miss
+    the tolerance (bandwidths so small that ``eps_64 (|x| + |y*|)^2 / (2 s^2)`` matters), and
+    for flagged float64 rows, by explicit differences, which have no cancellation at all.
+    """
     flags = _flag_rows(out, x, scale, lw, y.shape[1])
     if not bool(flags.any()):
         return out
     out = out.clone()
+    wide = x.dtype == torch.float64
     for b in flags.any(dim=1).nonzero(as_tuple=True)[0].tolist():
         rows = flags[b].nonzero(as_tuple=True)[0]
-        ref = BlockedPairwiseLSE.apply(
-            x[b, rows].double().unsqueeze(0),
-            y[b].double().unsqueeze(0),
-            scale.double(),
-            None if lw is None else lw[b].double().unsqueeze(0),
-            None if exclude is None else exclude[b, rows].unsqueeze(0),
-            kernel,
-        )
+        ref = _recompute(x, y, scale, lw, exclude, kernel, b, rows, direct=wide)
+        if not wide:
+            x64 = x[b, rows].double().unsqueeze(0)
+            lw64 = None if lw is None else lw[b].double().unsqueeze(0)
+            again = _flag_rows(ref, x64, scale.double(), lw64, y.shape[1])[0]
+            if bool(again.any()):
+                ref = ref.clone()
+                ref[0, again] = _recompute(
+                    x, y, scale, lw, exclude, kernel, b, rows[again], direct=True
+                )[0]
         out[b, rows] = ref[0].to(out.dtype)
     return out

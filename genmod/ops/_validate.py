@@ -7,7 +7,17 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_inputs"]
+__all__ = ["check_inputs", "min_scale"]
+
+
+def min_scale(dtype: torch.dtype) -> float:
+    """The smallest kernel scale usable in ``dtype``: below it ``1 / scale^2`` overflows
+    (float32: about 1.1e-19, float64: about 1.5e-154), so scores would be NaN."""
+    return 2.0 * torch.finfo(dtype).max ** -0.5
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _check_points(t: object, name: str) -> Tensor:
@@ -17,6 +27,8 @@ def _check_points(t: object, name: str) -> Tensor:
         raise ValueError(f"{name} must have shape [..., n, D] (at least 2-D), got {tuple(t.shape)}")
     if not t.is_floating_point():
         raise ValueError(f"{name} must have a floating dtype, got {t.dtype}")
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (shapes only): it holds no values")
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     return t
@@ -57,6 +69,12 @@ def check_inputs(
         scale_t = torch.tensor(s_val, dtype=x.dtype, device=x.device)
     if not (math.isfinite(s_val) and s_val > 0):
         raise ValueError(f"scale must be finite and > 0, got {s_val}")
+    smallest = min_scale(x.dtype)
+    if s_val < smallest:
+        raise ValueError(
+            f"scale={s_val:.3g} is below the smallest {_dtype_name(x.dtype)} supports "
+            f"({smallest:.3g}: 1 / scale^2 overflows it); pass float64 inputs"
+        )
     if log_weights is not None:
         if not isinstance(log_weights, Tensor) or not log_weights.is_floating_point():
             raise ValueError("log_weights must be a floating torch.Tensor of shape [..., M]")

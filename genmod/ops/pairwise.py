@@ -141,7 +141,7 @@ def pairwise_logsumexp(
     else:
         out = _blocked.BlockedPairwiseLSE.apply(x3, y3, scale_t, lw, ex, kernel)
     # The Triton kernel expands |x - y|^2 at every D (the torch path above D = 4 only), so
-    # its float32 rows are checked and refined at every D.
-    if x3.dtype != torch.float64 and (use_triton or D > _blocked.DIRECT_MAX_DIM):
+    # its rows are checked and refined at every D; float64 rows too, for tiny bandwidths.
+    if use_triton or D > _blocked.DIRECT_MAX_DIM:
         out = refine_rows(out, x3, y3, scale_t, lw, ex, kernel)
     return out.reshape(*batch, N)

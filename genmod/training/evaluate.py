@@ -14,9 +14,11 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
+from genmod.data.options import check_stored_config
 from genmod.models.base import DensityModel
 
 __all__ = [
+    "checkpoint_split",
     "estimator_label",
     "find_runs",
     "load_split",
@@ -50,19 +52,53 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_split(data_config: dict[str, Any], split: str) -> tuple[Tensor, Any]:
+def load_split(
+    data_config: dict[str, Any], split: str, *, stored: str | None = None
+) -> tuple[Tensor, Any]:
     """Build the datamodule of ``data_config`` (a ``_target_`` config) and return split
     ``split`` in data units (float64 ``[n, D]``) with the datamodule.
 
+    Args:
+        data_config: the data config.
+        split: ``train``, ``val`` or ``test``.
+        stored: where ``data_config`` was read from (a checkpoint's path) when it did not
+            come from the user: it is then checked as data
+            (:func:`genmod.data.options.check_stored_config`) and only genmod's own
+            :class:`~genmod.data.DensityDataModule` is built from it; Hydra never sees it.
+
     Raises:
-        ValueError: naming ``split`` when it is not train, val or test.
+        ValueError: naming ``split`` when it is not train, val or test, or the key of a
+            stored config that is not plain data.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    datamodule = instantiate(data_config)
+    if stored is not None:
+        from genmod.data.datamodule import DensityDataModule
+
+        datamodule = DensityDataModule(**check_stored_config(data_config, stored))
+    else:
+        datamodule = instantiate(data_config)
     datamodule.prepare_data()
     datamodule.setup("test")
     return datamodule.raw_split(split, dtype=torch.float64), datamodule
+
+
+def checkpoint_split(
+    given: dict[str, Any] | None, entry: dict[str, Any], split: str
+) -> tuple[Tensor, Any, dict[str, Any]]:
+    """``(x, datamodule, config)`` of ``split`` for evaluating a checkpoint: the user's data
+    config ``given`` when set, else the one the checkpoint's ``entry`` stores, read as data
+    (``load_split(..., stored=path)``: never instantiated by name).
+
+    Raises:
+        ValueError: when neither is there, or the stored config is not plain genmod data.
+    """
+    if given:
+        return (*load_split(given, split), given)
+    stored = entry.get("data")
+    if not stored:
+        raise ValueError("the checkpoint stores no data config: pass one, e.g. data=moons")
+    return (*load_split(stored, split, stored=str(entry.get("path", "checkpoint"))), stored)
 
 
 def log_likelihoods(

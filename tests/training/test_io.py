@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+import genmod
 from genmod import KDE, Gaussian, Standardized, load_model
 from genmod.models import MODEL_CLASSES
 from genmod.models.base import DensityModel
@@ -116,16 +117,25 @@ class _Shifted(Gaussian):
     """A DensityModel that is not built in: stored as ``module:QualName``."""
 
 
-def test_other_density_model_classes_are_stored_by_import_path(tmp_path):
+def test_other_model_classes_load_only_once_registered(tmp_path, monkeypatch):
+    from genmod.models import io
+
     model = _Shifted(2)
     assert model_class_name(model) == f"{__name__}:_Shifted"
     assert model_class_name(Gaussian(2)) == "Gaussian"
     _save(DensityModule(model), tmp_path / "c.ckpt")
+    monkeypatch.setattr(io, "_REGISTERED", {})
+    with pytest.raises(ValueError, match="not a registered genmod model"):
+        load_model(tmp_path / "c.ckpt")
+    assert genmod.register_model(_Shifted) is _Shifted
     assert type(load_model(tmp_path / "c.ckpt").model) is _Shifted
+    assert f"{__name__}:_Shifted" in MODEL_CLASSES
+    with pytest.raises(ValueError, match="DensityModel subclass"):
+        genmod.register_model(dict)
 
 
 def test_model_classes_resolve_lazily():
-    assert set(MODEL_CLASSES) == {"Gaussian", "KDE", "LatentVariableModel"}
+    assert {"Gaussian", "KDE", "LatentVariableModel"} <= set(MODEL_CLASSES)
     assert all(issubclass(MODEL_CLASSES[name], DensityModel) for name in MODEL_CLASSES)
     with pytest.raises(KeyError):
         MODEL_CLASSES["Flow"]
