@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -134,6 +135,26 @@ def _route_lightning_logs() -> None:
                 own.removeHandler(handler)
 
 
+def _remove_empty_run_dir() -> None:
+    """Delete this job's Hydra output directory if it holds nothing but what Hydra itself
+    put there (``.hydra/`` and the job's log): a command stopped by bad input leaves no
+    run directory behind (the error was printed; the log would only repeat it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    own = {".hydra", f"{hydra_cfg.job.name}.log"}
+    try:
+        names = {p.name for p in out.iterdir()}
+        configs = {p.name for p in (out / ".hydra").iterdir()} if ".hydra" in names else set()
+    except OSError:
+        return
+    if names <= own and configs <= {"config.yaml", "hydra.yaml", "overrides.yaml"}:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def _guard(task: Callable[[DictConfig], Any], prog: str) -> Callable[[DictConfig], Any]:
     @functools.wraps(task)
     def guarded(cfg: DictConfig) -> Any:
@@ -143,6 +164,7 @@ def _guard(task: Callable[[DictConfig], Any], prog: str) -> Callable[[DictConfig
         except Exception as err:
             if _full_error() or not user_error(err):
                 raise
+            _remove_empty_run_dir()
             _fail(prog, err)
 
     return guarded

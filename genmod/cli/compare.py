@@ -84,6 +84,7 @@ def compare_task(cfg: DictConfig) -> dict[str, Any]:
         paired_difference,
         resolve_device,
         verdict,
+        zero_density_note,
     )
     from genmod.training.run import write_metrics
 
@@ -141,6 +142,10 @@ def compare_task(cfg: DictConfig) -> dict[str, Any]:
     stochastic = [r["label"] for r in rows if r["estimator"] != "exact"]
     if stochastic:
         log.info("Monte Carlo estimates (lower bounds in expectation): %s", ", ".join(stochastic))
+    for row in rows:
+        note = zero_density_note(row)
+        if note:
+            log.warning("%s: %s", row["label"], note)
     log.info(line)
 
     out = Path(cfg.paths.output_dir)

@@ -36,6 +36,7 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
         mean_eval_metrics,
         nll_summary,
         resolve_device,
+        zero_density_note,
     )
     from genmod.training.run import write_metrics
 
@@ -67,14 +68,20 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s (%s) on %s", results["model"], results["estimator"], results["data"])
     if cfg.split == "train" and results["model"] == "KDE":
         log.warning("a KDE's own training points include their own kernel: use val or test")
-    log.info(
-        "%s/nll = %.4f +- %.4f nats/example (%d examples), %.4f bits/dim",
-        cfg.split,
-        summary["nll"],
-        summary["nll_se"],
-        summary["n"],
-        results[f"{cfg.split}/bpd"],
-    )
+    note = zero_density_note(summary)
+    if note:
+        results[f"{cfg.split}/zero_density"] = summary["zero_density"]
+        log.warning(note)
+        log.info("%s/nll = inf nats/example (%d examples)", cfg.split, summary["n"])
+    else:
+        log.info(
+            "%s/nll = %.4f +- %.4f nats/example (%d examples), %.4f bits/dim",
+            cfg.split,
+            summary["nll"],
+            summary["nll_se"],
+            summary["n"],
+            results[f"{cfg.split}/bpd"],
+        )
     for key, value in extra.items():
         log.info("%s/%s = %.4f", cfg.split, key, value)
     log.info("Results written to %s", out / "eval.json")

@@ -31,6 +31,24 @@ __all__ = ["DATASETS", "DensityDataModule"]
 _SPLITS = ("train", "val", "test")
 
 
+def _check_float32_range(
+    label: str, raw: Tensor, mean: Tensor, scale: Tensor, standardized: bool
+) -> None:
+    """Raise a :class:`DataError` naming the first row (0-based, in the file's order) whose
+    value the model's float32 cannot hold, after standardising when that is on."""
+    limit = torch.finfo(torch.float32).max
+    big = (((raw - mean) / scale).abs() > limit).any(dim=1)
+    if bool(big.any()):
+        row = int(big.nonzero()[0, 0])
+        value = float(raw[row].abs().max())
+        after = " even after standardising" if standardized else ""
+        advice = "rescale the data" if standardized else "rescale it or set data.standardize=true"
+        raise DataError(
+            f"{label}: row {row} (0-based) holds {value:.3g}, beyond float32's range "
+            f"({limit:.3g}){after}; {advice}"
+        )
+
+
 class NotSetUpError(RuntimeError, AttributeError):
     """A result of :meth:`DensityDataModule.setup` was read before ``setup()`` ran
     (an ``AttributeError`` too, so ``hasattr`` is simply false until then)."""
@@ -180,6 +198,7 @@ class DensityDataModule(L.LightningDataModule):
         else:
             mean = torch.zeros(dim, dtype=torch.float64)
             scale = torch.ones(dim, dtype=torch.float64)
+        _check_float32_range(label, raw, mean, scale, hp.standardize)
         self._built = {
             "label": label,
             "raw": raw_splits,
@@ -293,6 +312,10 @@ class DensityDataModule(L.LightningDataModule):
             collate_fn=collate_indexed,
             num_workers=workers,
             persistent_workers=workers > 0,
+            # The loader's own generator: iterating would otherwise take a draw from torch's
+            # global stream (the workers' base seed), which a resumed run takes at another
+            # point than an uninterrupted one.
+            generator=generator_for(self.hparams.seed, "loader"),
             pin_memory=torch.cuda.is_available(),
         )
 

@@ -31,6 +31,8 @@ def check_points(x: Any, name: str = "x", dim: int | None = None) -> Tensor:
         raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} has dimension {x.shape[1]}, but the model's is {dim}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (shapes only): it holds no values")
     finite = torch.isfinite(x).all(dim=1)
     if not bool(finite.all()):
         row = int((~finite).nonzero()[0, 0])

@@ -193,8 +193,10 @@ class Gaussian(DensityModel):
         data = x.detach().to(torch.float64)
         mu = data.mean(dim=0)
         centred = data - mu
+        eps = max(torch.finfo(x.dtype).eps, torch.finfo(self.mean.dtype).eps)
         if self.covariance_type == "full":
-            raw = self._fit_full(centred)
+            raw = self._fit_full(centred, eps)
+            variances = centred.square().mean(dim=0).clamp_min(self.min_variance)
         else:
             var = centred.square().mean(dim=0)
             if self.covariance_type == "isotropic":
@@ -206,15 +208,47 @@ class Gaussian(DensityModel):
                     "set min_variance > 0 to fit it"
                 )
             raw = 0.5 * var.log()
+            variances = var.expand(self.dim)
+        self._check_mean_precision(mu, variances.sqrt())
         with torch.no_grad():
             self.mean.copy_(mu.to(self.mean.dtype))
             self.raw_scale.copy_(raw.to(self.raw_scale.dtype))
         return self
 
-    def _fit_full(self, centred: Tensor) -> Tensor:
-        """The unconstrained full-covariance parameter for centred float64 data."""
+    def _check_mean_precision(self, mu: Tensor, std: Tensor) -> None:
+        """Refuse a fit whose mean the model's dtype cannot hold to 1e-3 standard deviations
+        (data far from the origin relative to its spread, e.g. float64 data at 1e8 + N(0, 1)
+        into float32 parameters): every log density would be off by up to ``|z| 1e-3``."""
+        stored = mu.to(self.mean.dtype).double()
+        shift = (stored - mu).abs() / std
+        if bool((shift > 1e-3).any()):
+            d = int(shift.argmax())
+            raise ValueError(
+                f"x: the mean of dimension {d} ({float(mu[d]):.10g}) is "
+                f"{float(mu[d].abs() / std[d]):.3g} standard deviations from 0, more than "
+                f"{str(self.mean.dtype)[6:]} parameters resolve (stored, it moves by "
+                f"{float(shift[d]):.2g} standard deviations); centre the data, or fit a "
+                "float64 model: Gaussian(...).double().fit(x)"
+            )
+
+    def _fit_full(self, centred: Tensor, eps: float) -> Tensor:
+        """The unconstrained full-covariance parameter for centred float64 data whose
+        values (or the model's parameters) have relative precision ``eps``."""
         cov = centred.mT @ centred / centred.shape[0]
         cov = 0.5 * (cov + cov.mT)
+        std = cov.diagonal().sqrt()
+        if self.min_variance == 0 and bool((std > 0).all()):
+            # Columns dependent to within rounding (e.g. float32 x3 = x1 + x2) leave the
+            # smallest eigenvalue of the correlation matrix at about eps^2, not 0: a
+            # residual spread below (8 D eps) of the columns' own is rounding, not signal.
+            corr = cov / (std.unsqueeze(0) * std.unsqueeze(1))
+            smallest = float(torch.linalg.eigvalsh(corr)[0])
+            if smallest < (8.0 * self.dim * eps) ** 2:
+                raise ValueError(
+                    "x has a singular covariance (linearly dependent columns, to within "
+                    f"{str(self.mean.dtype)[6:]} rounding: smallest correlation eigenvalue "
+                    f"{smallest:.2g}); set min_variance > 0 to fit it"
+                )
         if self.min_variance > 0:
             eigvals, eigvecs = torch.linalg.eigh(cov)
             if bool((eigvals < self.min_variance).any()):

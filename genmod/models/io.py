@@ -27,6 +27,8 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "MODEL_CLASSES",
     "Standardized",
+    "genmod_entry",
+    "load_checkpoint",
     "load_model",
     "model_class_name",
     "read_genmod_entry",
@@ -305,11 +307,29 @@ def read_genmod_entry(path: str | Path, map_location: Any = "cpu") -> dict[str, 
         ValueError: when the file is not a genmod checkpoint of a known format.
     """
     file = resolve_checkpoint(path)
+    return genmod_entry(load_checkpoint(file, map_location), file)
+
+
+def load_checkpoint(file: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint dict at ``file``, read with ``weights_only=True`` (no code runs).
+
+    Raises:
+        ValueError: naming ``file`` when it is not a readable checkpoint (truncated, empty,
+            random bytes, a pickle of arbitrary objects) or holds no dict.
+    """
     try:
         checkpoint = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
         raise ValueError(f"{file} is not a readable checkpoint ({type(err).__name__})") from err
-    entry = checkpoint.get("genmod") if isinstance(checkpoint, dict) else None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{file} is not a checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def genmod_entry(checkpoint: dict[str, Any], file: str | Path) -> dict[str, Any]:
+    """The validated ``"genmod"`` entry of a loaded ``checkpoint`` (see
+    :func:`read_genmod_entry`), with ``"path"`` set to ``file``."""
+    entry = checkpoint.get("genmod")
     if not isinstance(entry, dict):
         raise ValueError(f"{file} has no 'genmod' entry: not a checkpoint written by genmod-train")
     if entry.get("format") != CHECKPOINT_FORMAT:

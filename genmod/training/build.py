@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genmod.models.base import DensityModel
+from genmod.training.checkpoint_io import AtomicCheckpointIO
 from genmod.training.module import DensityModule
 
 __all__ = [
@@ -187,10 +188,14 @@ def build_loggers(logger_cfg: Any) -> list[Any]:
 
 
 def build_trainer(trainer_cfg: Any, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
-    """Instantiate the ``trainer`` config with the given callbacks and loggers."""
+    """Instantiate the ``trainer`` config with the given callbacks and loggers, and
+    crash-safe checkpoint files (:class:`AtomicCheckpointIO`) unless it sets ``plugins``."""
     arguments = {k: v for k, v in to_container(trainer_cfg).items() if not k.startswith("_")}
     check_arguments(L.Trainer, arguments, "trainer")
-    trainer = instantiate(to_container(trainer_cfg), callbacks=callbacks, logger=loggers or False)
+    plugins = {} if "plugins" in arguments else {"plugins": [AtomicCheckpointIO()]}
+    trainer = instantiate(
+        to_container(trainer_cfg), callbacks=callbacks, logger=loggers or False, **plugins
+    )
     if not isinstance(trainer, L.Trainer):
         raise ValueError("trainer._target_ must build a lightning.pytorch.Trainer")
     return trainer

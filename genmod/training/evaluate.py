@@ -28,6 +28,7 @@ __all__ = [
     "paired_difference",
     "resolve_device",
     "verdict",
+    "zero_density_note",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -173,12 +174,32 @@ def mean_eval_metrics(
 
 
 def nll_summary(log_probs: Tensor) -> dict[str, float]:
-    """``{"nll", "nll_se", "n"}``: mean negative log-likelihood and its standard error
-    ``std(log p) / sqrt(n)`` (ddof=1), nats per example."""
+    """``{"nll", "nll_se", "n", "zero_density"}``: mean negative log-likelihood and its
+    standard error ``std(log p) / sqrt(n)`` (ddof=1), nats per example, and how many examples
+    have zero density (``log p = -inf``: the NLL is then ``inf``, with no standard error)."""
     n = int(log_probs.numel())
     nll = float(-log_probs.mean()) if n else math.nan
     se = float(log_probs.std(correction=1) / math.sqrt(n)) if n > 1 else math.nan
-    return {"nll": nll, "nll_se": se if math.isfinite(nll) else math.nan, "n": n}
+    zero = int((log_probs == -math.inf).sum())
+    return {
+        "nll": nll,
+        "nll_se": se if math.isfinite(nll) else math.nan,
+        "n": n,
+        "zero_density": zero,
+    }
+
+
+def zero_density_note(summary: dict[str, Any]) -> str | None:
+    """One sentence explaining an infinite NLL by the examples with zero density, or None."""
+    zero, n = summary.get("zero_density", 0), summary["n"]
+    if not zero:
+        return None
+    return (
+        f"{zero} of {n} examples have zero density under the model (log p = -inf), so the "
+        "NLL is infinite: a compact kernel (tophat, epanechnikov, linear, cosine) puts no mass "
+        "farther than one bandwidth from every training point; use a gaussian or exponential "
+        "kernel, or a larger bandwidth"
+    )
 
 
 def paired_difference(log_probs_a: Tensor, log_probs_b: Tensor) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig
 
+from genmod.models.io import genmod_entry, load_checkpoint, model_class_name
 from genmod.training.build import (
     build_callbacks,
     build_datamodule,
@@ -27,7 +28,7 @@ from genmod.training.build import (
 )
 from genmod.training.module import DensityModule
 
-__all__ = ["resume_directory", "train", "write_metrics"]
+__all__ = ["check_resumable", "resume_directory", "train", "write_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,40 @@ def resume_directory(ckpt_path: str | Path) -> Path | None:
     return run if any((run / marker).exists() for marker in markers) else None
 
 
+_TRAINING_STATE = ("state_dict", "loops", "epoch", "global_step")
+
+
+def check_resumable(checkpoint: dict[str, Any], path: str | Path, module: DensityModule) -> None:
+    """Raise ``ValueError`` naming ``path`` unless ``checkpoint`` is a genmod training
+    checkpoint of the same model class with the same parameter and buffer shapes as
+    ``module``'s (the same data dimension and model settings): Lightning would otherwise fail
+    mid-run with a traceback, after writing to the run directory."""
+    missing = [key for key in _TRAINING_STATE if key not in checkpoint]
+    if missing:
+        raise ValueError(
+            f"ckpt_path: {path} holds no training state ({', '.join(missing)} missing): "
+            "resume from a checkpoint written by genmod-train"
+        )
+    entry = genmod_entry(checkpoint, path)
+    here = model_class_name(module.model)
+    if entry["model_class"] != here:
+        raise ValueError(
+            f"ckpt_path: {path} holds a {entry['model_class']}, but this run builds a {here}; "
+            "pass the model= and data= settings of the run that wrote it"
+        )
+    saved, own = checkpoint["state_dict"], module.state_dict()
+    for key in sorted(set(saved) | set(own)):
+        if key not in saved or key not in own:
+            where = "this run's model" if key not in saved else "the checkpoint"
+            raise ValueError(f"ckpt_path: {path} does not fit this run: {key} only in {where}")
+        if tuple(saved[key].shape) != tuple(own[key].shape):
+            raise ValueError(
+                f"ckpt_path: {path} does not fit this run: {key} has shape "
+                f"{list(saved[key].shape)} there, {list(own[key].shape)} here (another data "
+                "dimension or model setting)"
+            )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, test and record one run described by a composed ``train.yaml`` config.
 
@@ -172,9 +207,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     _quiet_lightning()
     ckpt_path = cfg.get("ckpt_path")
+    resume_from = None
     if ckpt_path is not None:
         if not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path not found: {ckpt_path}")
+        resume_from = load_checkpoint(ckpt_path)  # weights_only: no code runs
+        genmod_entry(resume_from, ckpt_path)
         run_dir = resume_directory(ckpt_path)
         if run_dir is not None:
             cfg = copy.deepcopy(cfg)
@@ -183,13 +221,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "Resuming %s: checkpoints, TensorBoard and metrics.json continue there", run_dir
             )
     output_dir = Path(cfg.paths.output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg.data)
     log.info("Data: %s", datamodule.describe() if hasattr(datamodule, "describe") else "ready")
     module = build_module(cfg, datamodule)
+    if resume_from is not None:
+        check_resumable(resume_from, ckpt_path, module)
+    output_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(
         cfg.trainer, build_callbacks(cfg.get("callbacks")), build_loggers(cfg.get("logger"))
     )
