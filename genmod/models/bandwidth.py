@@ -143,7 +143,7 @@ def resolve_bandwidth(
     if not isinstance(bandwidth, bool | Tensor | list | tuple) and (
         isinstance(bandwidth, numbers.Real) or hasattr(bandwidth, "__array__")
     ):
-        bandwidth = torch.as_tensor(_as_array(bandwidth))  # numpy scalars and arrays
+        bandwidth = torch.as_tensor(_as_array(bandwidth), dtype=torch.float64)  # numpy too
     if isinstance(bandwidth, Tensor) and not (
         bandwidth.is_floating_point() or bandwidth.dtype in _INT_DTYPES
     ):

@@ -151,9 +151,12 @@ class BlockedPairwiseLSE(torch.autograd.Function):
         bias = lw_ - 0.5 * inv_s2 * y2 if expanded else lw_
         # Reference for p = exp(score - out): +inf where out = -inf so that p = 0 there.
         ref = out + 0.5 * inv_s2 * x2 if expanded else out
-        ref = ref.masked_fill((out == -math.inf) | out.isnan(), math.inf)  # NaN: refined
+        # Rows that overflowed (NaN or +inf; the refinement replaced them, so no gradient
+        # comes in) are left out: their p is set to 0, never inf * 0, in the tile loop.
+        overflowed = bool((out.isnan() | (out == math.inf)).any())
+        ref = ref.masked_fill((out == -math.inf) | out.isnan(), math.inf)
         g = grad_out.to(x.dtype)
-        if expanded and _fused.use_fused(x, B * N * M):
+        if expanded and not overflowed and _fused.use_fused(x, B * N * M):
             flags = (need_x, need_y, need_s, need_w)
             need = "".join(k for k, on in zip("xysw", flags, strict=True) if on)
             gx, gy, d2g, gw = _fused.fused_gaussian_backward(
@@ -183,6 +186,8 @@ class BlockedPairwiseLSE(torch.autograd.Function):
                     _mask_excluded(sc, ex, j0)
                     # P[b, i, j] = g_i * p_ij: the weight of pair (i, j) in every gradient.
                     p = sc.sub_(ref[b0:b1, i0:i1].unsqueeze(2)).exp_()
+                    if overflowed:
+                        p.nan_to_num_(0.0, 0.0, 0.0)
                     p.mul_(g[b0:b1, i0:i1].unsqueeze(2))
                     if gw is not None:
                         gw[b0:b1, j0:j1] += p.sum(1)

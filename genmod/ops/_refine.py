@@ -52,8 +52,10 @@ def _flag_rows(out: Tensor, x: Tensor, scale: Tensor, lw: Tensor | None, M: int)
     """``[B, N]`` mask of rows whose estimated rounding error exceeds the tolerance."""
     err = error_estimate(out, x, scale, lw, M)
     o = out.detach().double()
-    # NaN only comes from overflow (inputs are finite): |x|^2 / s^2 beyond the dtype's range.
-    return o.isnan() | (torch.isfinite(o) & (err > TOL * o.abs().clamp_min(1.0)))
+    # NaN and +inf only come from overflow (inputs are finite): |x|^2 / s^2 beyond the
+    # dtype's range.
+    overflow = o.isnan() | (o == math.inf)
+    return overflow | (torch.isfinite(o) & (err > TOL * o.abs().clamp_min(1.0)))
 
 
 def _recompute(
@@ -67,10 +69,15 @@ def _recompute(
     rows: Tensor,
     direct: bool,
 ) -> Tensor:
-    """Rows ``rows`` of batch ``b`` in float64 ``[1, len(rows)]`` (differentiable)."""
+    """Rows ``rows`` of batch ``b`` in float64 ``[1, len(rows)]`` (differentiable), from the
+    uncentred inputs: centring rounds each point by up to ``eps |x - c| / 2``, which no
+    recomputation of the centred points undoes. The expansion centres again in float64;
+    explicit differences (``direct``) need no centring at all."""
+    yb = y[b].double()
+    centre = torch.zeros_like(yb[0]) if direct else yb.detach().mean(dim=0)
     return BlockedPairwiseLSE.apply(
-        x[b, rows].double().unsqueeze(0),
-        y[b].double().unsqueeze(0),
+        (x[b, rows].double() - centre).unsqueeze(0),
+        (yb - centre).unsqueeze(0),
         scale.double(),
         None if lw is None else lw[b].double().unsqueeze(0),
         None if exclude is None else exclude[b, rows].unsqueeze(0),
@@ -87,13 +94,17 @@ def refine_rows(
     lw: Tensor | None,
     exclude: Tensor | None,
     kernel: str,
+    raw: tuple[Tensor, Tensor],
 ) -> Tensor:
     """Return ``out`` with flagged rows replaced by a float64 recomputation (differentiable
     too, so their gradients are float64-accurate as well).
 
-    A flagged float32 row is recomputed by the float64 expansion; where even that may miss
-    the tolerance (bandwidths so small that ``eps_64 (|x| + |y*|)^2 / (2 s^2)`` matters), and
-    for flagged float64 rows, by explicit differences, which have no cancellation at all.
+    ``x``, ``y`` are the centred inputs the result was computed from (the estimate needs
+    their norms), ``raw`` the same points before centring (``[B, N, D]``, ``[B, M, D]``),
+    which flagged rows are recomputed from. A flagged float32 row is recomputed by the
+    float64 expansion; where even that may miss the tolerance (bandwidths so small that
+    ``eps_64 (|x| + |y*|)^2 / (2 s^2)`` matters), and for flagged float64 rows, by explicit
+    differences, which have no cancellation at all.
     """
     flags = _flag_rows(out, x, scale, lw, y.shape[1])
     if not bool(flags.any()):
@@ -102,7 +113,7 @@ def refine_rows(
     wide = x.dtype == torch.float64
     for b in flags.any(dim=1).nonzero(as_tuple=True)[0].tolist():
         rows = flags[b].nonzero(as_tuple=True)[0]
-        ref = _recompute(x, y, scale, lw, exclude, kernel, b, rows, direct=wide)
+        ref = _recompute(*raw, scale, lw, exclude, kernel, b, rows, direct=wide)
         if not wide:
             x64 = x[b, rows].double().unsqueeze(0)
             lw64 = None if lw is None else lw[b].double().unsqueeze(0)
@@ -110,7 +121,7 @@ def refine_rows(
             if bool(again.any()):
                 ref = ref.clone()
                 ref[0, again] = _recompute(
-                    x, y, scale, lw, exclude, kernel, b, rows[again], direct=True
+                    *raw, scale, lw, exclude, kernel, b, rows[again], direct=True
                 )[0]
         out[b, rows] = ref[0].to(out.dtype)
     return out

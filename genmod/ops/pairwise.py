@@ -118,18 +118,22 @@ def pairwise_logsumexp(
         return x.new_zeros((*batch, N))
     x3 = x.expand(*batch, N, D).reshape(B, N, D)
     y3 = y.expand(*batch, M, D).reshape(B, M, D)
-    # Distances are translation invariant: centring on the (detached) mean of y keeps the
-    # |x|^2 + |y|^2 - 2 x.y expansion accurate for data far from the origin.
-    centre = y3.detach().mean(dim=1, keepdim=True)
-    x3 = (x3 - centre).contiguous()
-    y3 = (y3 - centre).contiguous()
+    use_triton = _use_triton(backend, kernel, x3)
+    expands = use_triton or D > _blocked.DIRECT_MAX_DIM
+    raw = (x3, y3)
+    if expands:
+        # Distances are translation invariant: centring on the (detached) mean of y keeps
+        # the |x|^2 + |y|^2 - 2 x.y expansion accurate for data far from the origin. Explicit
+        # differences need no centring, which would round each point by eps |x - c| / 2.
+        centre = y3.detach().mean(dim=1, keepdim=True)
+        x3, y3 = x3 - centre, y3 - centre
+    x3, y3 = x3.contiguous(), y3.contiguous()
     lw = None
     if log_weights is not None:
         lw = log_weights.to(x.dtype).expand(*batch, M).reshape(B, M).contiguous()
     ex = None
     if exclude is not None:
         ex = exclude.to(torch.int64).expand(*batch, N).reshape(B, N).contiguous()
-    use_triton = _use_triton(backend, kernel, x3)
     if use_triton:
         from genmod.ops._triton import triton_pairwise_lse
 
@@ -142,6 +146,6 @@ def pairwise_logsumexp(
         out = _blocked.BlockedPairwiseLSE.apply(x3, y3, scale_t, lw, ex, kernel)
     # The Triton kernel expands |x - y|^2 at every D (the torch path above D = 4 only), so
     # its rows are checked and refined at every D; float64 rows too, for tiny bandwidths.
-    if use_triton or D > _blocked.DIRECT_MAX_DIM:
-        out = refine_rows(out, x3, y3, scale_t, lw, ex, kernel)
+    if expands:
+        out = refine_rows(out, x3, y3, scale_t, lw, ex, kernel, raw)
     return out.reshape(*batch, N)

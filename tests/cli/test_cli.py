@@ -255,3 +255,18 @@ def test_eval_data_null_is_its_default_the_stored_data(runs, cli, tmp_path):
     result = json.loads((tmp_path / "eval.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     assert result["test/nll"] == pytest.approx(metrics["test/nll"], rel=1e-5)
+
+
+def test_eval_explains_an_infinite_nll_by_the_examples_of_zero_density(cli, tmp_path):
+    run = tmp_path / "run"
+    train_run(compose_train(run, "model.kernel=epanechnikov", "model.bandwidth=0.05",
+                            "model.learn_bandwidth=false", "~callbacks.density_figures"))  # fmt: skip
+    out = tmp_path / "eval"
+    status, _, err = cli(eval, f"ckpt_path={run}", "data=checkerboard", f"hydra.run.dir={out}")
+    assert status == 0, err
+    result = json.loads((out / "eval.json").read_text())
+    zero = result["test/zero_density"]
+    assert 0 < zero <= result["n"] and result["test/nll"] == "inf"
+    log = (out / "eval.log").read_text()
+    assert f"{zero} of {result['n']} examples have zero density" in log
+    assert "+- nan" not in log
