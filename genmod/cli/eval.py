@@ -62,6 +62,8 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
         "n": summary["n"],
         **{f"{cfg.split}/{k}": v for k, v in extra.items()},
     }
+    if summary["zero_density"]:
+        results[f"{cfg.split}/zero_density"] = summary["zero_density"]
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(out / "eval.json", results)
@@ -70,7 +72,6 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
         log.warning("a KDE's own training points include their own kernel: use val or test")
     note = zero_density_note(summary)
     if note:
-        results[f"{cfg.split}/zero_density"] = summary["zero_density"]
         log.warning(note)
         log.info("%s/nll = inf nats/example (%d examples)", cfg.split, summary["n"])
     else:

@@ -31,21 +31,17 @@ __all__ = ["DATASETS", "DensityDataModule"]
 _SPLITS = ("train", "val", "test")
 
 
-def _check_float32_range(
-    label: str, raw: Tensor, mean: Tensor, scale: Tensor, standardized: bool
-) -> None:
-    """Raise a :class:`DataError` naming the first row (0-based, in the file's order) whose
-    value the model's float32 cannot hold, after standardising when that is on."""
+def _check_float32_range(label: str, raw: Tensor) -> None:
+    """Raise a :class:`DataError` naming the first row (0-based, in the file's order) holding
+    a value float32 cannot hold: models, samples and figures in data units are float32."""
     limit = torch.finfo(torch.float32).max
-    big = (((raw - mean) / scale).abs() > limit).any(dim=1)
+    big = (raw.abs() > limit).any(dim=1)
     if bool(big.any()):
         row = int(big.nonzero()[0, 0])
         value = float(raw[row].abs().max())
-        after = " even after standardising" if standardized else ""
-        advice = "rescale the data" if standardized else "rescale it or set data.standardize=true"
         raise DataError(
             f"{label}: row {row} (0-based) holds {value:.3g}, beyond float32's range "
-            f"({limit:.3g}){after}; {advice}"
+            f"({limit:.3g}); rescale the data"
         )
 
 
@@ -168,6 +164,7 @@ class DensityDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         raw, integer_valued, label = self._load()
+        _check_float32_range(label, raw)
         n, dim = raw.shape
         sizes = split_sizes(n, hp.val_fraction, hp.test_fraction)
         if sizes[0] < MIN_TRAIN_ROWS or min(sizes[1:]) < 1:
@@ -198,7 +195,6 @@ class DensityDataModule(L.LightningDataModule):
         else:
             mean = torch.zeros(dim, dtype=torch.float64)
             scale = torch.ones(dim, dtype=torch.float64)
-        _check_float32_range(label, raw, mean, scale, hp.standardize)
         self._built = {
             "label": label,
             "raw": raw_splits,

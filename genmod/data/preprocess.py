@@ -99,10 +99,8 @@ def fit_standardization(train: Tensor) -> tuple[Tensor, Tensor]:
     x = train.to(torch.float64)
     if x.dim() != 2 or x.shape[0] == 0:
         raise ValueError(f"train must be 2-D [n, D] with n >= 1, got shape {tuple(x.shape)}")
-    # Moments of x / peak, scaled back: |x| near float64's limit must not overflow x^2.
-    peak = x.abs().amax(dim=0).clamp_min(torch.finfo(torch.float64).tiny)
-    mean = (x / peak).mean(dim=0) * peak
-    scale = (x / peak).std(dim=0, correction=0) * peak
+    mean = x.mean(dim=0)
+    scale = x.std(dim=0, correction=0)
     constant = (x == x[0]).all(dim=0)
     mean = torch.where(constant, x[0], mean)
     scale = torch.where(constant | (scale == 0.0), torch.ones_like(scale), scale)

@@ -259,8 +259,8 @@ def test_eval_data_null_is_its_default_the_stored_data(runs, cli, tmp_path):
 
 def test_eval_explains_an_infinite_nll_by_the_examples_of_zero_density(cli, tmp_path):
     run = tmp_path / "run"
-    train_run(compose_train(run, "model.kernel=epanechnikov", "model.bandwidth=0.05",
-                            "model.learn_bandwidth=false", "~callbacks.density_figures"))  # fmt: skip
+    compact = ("model.kernel=epanechnikov", "model.bandwidth=0.05", "model.learn_bandwidth=false")
+    train_run(compose_train(run, *compact, "~callbacks.density_figures"))
     out = tmp_path / "eval"
     status, _, err = cli(eval, f"ckpt_path={run}", "data=checkerboard", f"hydra.run.dir={out}")
     assert status == 0, err

@@ -141,8 +141,8 @@ def test_resume_refuses_a_hostile_checkpoint_without_running_it(trusted, sentine
     raw.write_bytes(_pickle_calling(SENTINEL, "boom"))
     foreign = _hostile(trusted, tmp_path / "foreign.ckpt", model_class=f"{SENTINEL}:Model")
     for bad in (raw, foreign):
-        result = _run("genmod-train", *TINY, *TINY_DATA, f"ckpt_path={bad}",
-                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, package=package)  # fmt: skip
+        argv = (*TINY, *TINY_DATA, f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'run'}")
+        result = _run("genmod-train", *argv, cwd=tmp_path, package=package)
         assert result.returncode == EXIT_USER_ERROR, result.stderr
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("genmod-train: error: ") and str(bad) in line, line
