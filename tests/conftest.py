@@ -36,3 +36,28 @@ def nats_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``cli(module, *argv) -> (exit status, stdout, stderr)`` of a genmod command module's
+    ``main()`` run in-process, exactly as its console script would run it."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    def call(module, *argv: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", [module.__name__, *argv])
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        GlobalHydra.instance().clear()
+        status = 0
+        try:
+            module.main()
+        except SystemExit as exit_:
+            status = exit_.code
+        finally:
+            GlobalHydra.instance().clear()
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return call

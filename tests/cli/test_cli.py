@@ -7,12 +7,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
 from genmod.cli import compare, eval, sample, train  # noqa: A004
 from genmod.cli._common import EXIT_USER_ERROR
@@ -38,28 +36,6 @@ def run_command(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess
     return subprocess.run(
         [*command(name), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys) -> Callable[..., tuple[int, str, str]]:
-    """``cli(module, *argv) -> (exit status, stdout, stderr)`` of ``module.main()`` run
-    in-process, exactly as its console script would run it."""
-
-    def call(module, *argv: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", [module.__name__, *argv])
-        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-        GlobalHydra.instance().clear()
-        status = 0
-        try:
-            module.main()
-        except SystemExit as exit_:
-            status = exit_.code
-        finally:
-            GlobalHydra.instance().clear()
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return call
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +177,7 @@ def test_bad_training_input_is_one_line_and_a_nonzero_exit(case, cli, tmp_path):
     assert status == EXIT_USER_ERROR
     assert len(lines) == 1 and lines[0].startswith("genmod-train: error: "), err
     assert expected in lines[0]
+    assert not (tmp_path / "run").exists(), "a failed command left a run directory"
 
 
 @pytest.mark.parametrize(
@@ -225,6 +202,7 @@ def test_bad_input_to_the_other_commands(module, argv, expected, runs, cli, tmp_
     assert status == EXIT_USER_ERROR
     assert len(lines) == 1 and lines[0].startswith(f"genmod-{module.__name__.split('.')[-1]}")
     assert expected in lines[0], lines[0]
+    assert not (tmp_path / "out").exists(), "a failed command left a run directory"
 
 
 def test_a_failing_process_prints_no_traceback(tmp_path):

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
+import signal
+from pathlib import Path
 
 import pytest
 import torch
 
 from genmod.training import train
+from tests.cli.test_cli import run_command
+from tests.training.conftest import TINY, TINY_DATA, compose_train
 from tests.training.test_train import events
 
 COMPARED = ("val/nll", "val/nll_best", "train/nll", "test/nll", "model/bandwidth")
@@ -68,3 +73,41 @@ def test_last_checkpoint_is_the_final_epoch_when_the_best_was_earlier(train_cfg,
                            "callbacks.model_checkpoint.mode=max", f"ckpt_path={last_path}",
                            name="more"))  # fmt: skip
     assert more["epochs"] == 5 and more["global_step"] == 25
+
+
+MODELS = {
+    "kde": ("trainer.max_epochs=3",),
+    "gaussian-gradient": ("model=gaussian", "model.fit_closed_form=false", "trainer.max_epochs=3"),
+    "lvm": ("model=lvm", "model.num_samples=16", "model.eval_num_samples=64",
+            "model.hidden_sizes=[16]", "trainer.max_epochs=3"),
+}  # fmt: skip
+EXACT = ("test/nll", "test/nll_se", "val/nll", "val/nll_best", "train/nll", "global_step")
+STEPS_PER_EPOCH = 5  # TINY_DATA: 320 training points in batches of 64
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_a_run_killed_mid_epoch_resumes_to_the_same_numbers(model, tmp_path):
+    overrides = (*MODELS[model], "~callbacks.density_figures", "~callbacks.early_stopping")
+    straight = train(compose_train(tmp_path / "straight", *overrides))
+
+    # Kill after a random step strictly inside the second or third epoch.
+    step = random.Random(model).choice(
+        [s for s in range(STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH) if s % STEPS_PER_EPOCH]
+    )
+    killer = ("+callbacks.kill._target_=tests.training._faults.KillAtStep",
+              f"+callbacks.kill.step={step}")  # fmt: skip
+    run = tmp_path / "killed"
+    killed = run_command("genmod-train", *TINY, *TINY_DATA, *overrides, *killer,
+                         f"hydra.run.dir={run}", cwd=tmp_path)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    last = run / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == step - step % STEPS_PER_EPOCH  # the last completed epoch
+    assert not (run / "metrics.json").exists()
+
+    resumed = train(compose_train(tmp_path / "resume", *overrides, f"ckpt_path={last}"))
+    for key in EXACT:
+        assert resumed[key] == straight[key], (key, resumed[key], straight[key])
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["test/nll"] == straight["test/nll"]
+    assert [p.name for p in Path(run, "checkpoints").iterdir() if p.name.startswith(".")] == []

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from genmod.cli import train as train_cli
 from genmod.cli._common import EXIT_USER_ERROR
 from genmod.training import train
 from tests.cli.test_cli import run_command
@@ -148,6 +149,49 @@ def test_resume_refuses_a_hostile_checkpoint_without_running_it(trusted, sentine
         assert line.startswith("genmod-train: error: ") and str(bad) in line, line
         assert "weights_only=False" not in result.stderr + result.stdout
         assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def _bad_checkpoints(trusted: Path, tmp: Path) -> dict[str, Path]:
+    data = trusted.read_bytes()
+    files = {
+        "truncated": data[: len(data) // 3],
+        "empty": b"",
+        "random bytes": torch.randint(0, 256, (5000,), dtype=torch.uint8).numpy().tobytes(),
+    }
+    paths = {}
+    for name, content in files.items():
+        paths[name] = tmp / f"{name.replace(' ', '_')}.ckpt"
+        paths[name].write_bytes(content)
+    paths["not genmod's"] = tmp / "foreign.ckpt"
+    torch.save({"state_dict": {"weight": torch.zeros(3)}}, paths["not genmod's"])
+    return paths
+
+
+EXPECTED = {
+    "truncated": "is not a readable checkpoint",
+    "empty": "is not a readable checkpoint",
+    "random bytes": "is not a readable checkpoint",
+    "not genmod's": "no 'genmod' entry",
+    "another model": "holds a KDE, but this run builds a Gaussian",
+    "another dimension": "does not fit this run: model.data has shape [320, 2] there",
+}
+
+
+@pytest.mark.parametrize("case", list(EXPECTED))
+def test_a_bad_resume_checkpoint_is_one_line_and_writes_nothing(case, trusted, cli, tmp_path):
+    paths = _bad_checkpoints(trusted, tmp_path)
+    overrides = {"another model": ("model=gaussian",), "another dimension": ("data=digits",)}
+    path = paths.get(case, trusted)
+    run = trusted.parent.parent
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    argv = (*TINY, *TINY_DATA, *overrides.get(case, ()), f"ckpt_path={path}")
+    status, out, err = cli(train_cli, *argv, f"hydra.run.dir={tmp_path / 'new'}")
+    assert status == EXIT_USER_ERROR
+    (line,) = err.strip().splitlines()
+    assert line.startswith("genmod-train: error: ") and EXPECTED[case] in line, line
+    assert "weights_only=False" not in out + err
+    assert not (tmp_path / "new").exists()
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before  # untouched
 
 
 def test_stored_data_config_is_checked_as_data():
