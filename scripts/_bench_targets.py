@@ -1,5 +1,6 @@
-"""Issue 5's targets for ``bench_kde.py``: the table's row labels, the ratios it checks and
-their bounds, and the PASS / FAIL / info lines printed after the table."""
+"""Issue 5's and issue 12's (low-dimensional) targets for ``bench_kde.py``: the table's row
+labels, the ratios it checks and their bounds, and the PASS / FAIL / info lines printed after
+the table."""
 
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ TARGETS: dict[tuple[str, tuple[int, int, int]], dict[str, float]] = {
         "scipy": 10.0,
         **dict.fromkeys(FWD_BWD, 3.0),
     },
+    # issue 12: the low-dimensional forward near one exp per pair, far from the naive code
+    **{("cpu", (20000, 20000, d)): {"exp": 2.5, "naive": 8.0, "fwd+bwd-h": 2.5} for d in (1, 2, 3)},
     ("cuda", (100000, 100000, 64)): {"time": 0.010, "keops": 4.0, "bwd": 3.0},
     ("cuda", (1000000, 1000000, 64)): {"time": 1.5, "keops": 4.0, "bwd": 3.0},
 }
@@ -62,6 +65,8 @@ RATIOS = {
     "time": ("genmod fwd time (s)", "genmod", None, True),
     "time-ieee": ("genmod fwd, precision='ieee', time (s)", "genmod-ieee", None, True),
     "floor": ("genmod fwd / floor (GEMM + exp)", "genmod", "floor", True),
+    "exp": ("genmod fwd / floor (exp per pair)", "genmod", "floor-exp", True),
+    "naive": ("torch cdist+logsumexp / genmod fwd", "torch-naive", "genmod", False),
     "keops": ("KeOps / genmod fwd", "keops", "genmod", False),
     "sklearn": ("scikit-learn / genmod fwd", "sklearn", "genmod", False),
     "scipy": ("scipy / genmod fwd", "scipy", "genmod", False),

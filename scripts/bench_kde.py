@@ -12,6 +12,7 @@ Usage::
 
     python scripts/bench_kde.py                  # CPU sizes, rewrites the CPU section of the doc
     python scripts/bench_kde.py --device cuda    # CUDA sizes, rewrites the CUDA section
+    python scripts/bench_kde.py --lowd           # 1-3 dimensions (issue 12), own doc section
     python scripts/bench_kde.py --quick          # a smoke test at tiny sizes (writes nothing)
 """
 
@@ -32,21 +33,28 @@ from _bench_targets import BIG_PAIRS, GRADS, LABELS, PRECISION_ROWS, targets
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZES = {"cpu": "10000x10000x16,20000x20000x64", "cuda": "100000x100000x64,1000000x1000000x64"}
-QUICK = {"cpu": "1000x1500x16", "cuda": "20000x30000x64"}
+SIZES = {
+    "cpu": "10000x10000x16,20000x20000x64",
+    "cuda": "100000x100000x64,1000000x1000000x64",
+    # issue 12's low-dimensional shapes, each at the bandwidth the issue measured it at
+    "cpu-lowd": "20000x20000x1@0.05,20000x20000x2@0.1,20000x20000x3@0.2",
+}
+QUICK = {"cpu": "1000x1500x16", "cuda": "20000x30000x64", "cpu-lowd": "3000x3000x2@0.1"}
 
 
-def parse_sizes(text: str) -> list[tuple[int, int, int]]:
-    """``"NxMxD,..."`` (``1e6`` allowed) -> [(N, M, D), ...]."""
+def parse_sizes(text: str) -> list[tuple[int, int, int, float | None]]:
+    """``"NxMxD[@h],..."`` (``1e6`` allowed) -> [(N, M, D, h or None), ...]; an ``@h``
+    bandwidth replaces ``--bandwidths`` for that size."""
     sizes = []
     for item in text.split(","):
-        parts = item.strip().lower().split("x")
+        shape, _, h = item.strip().lower().partition("@")
+        parts = shape.split("x")
         if len(parts) != 3:
-            raise SystemExit(f"--sizes: expected NxMxD, got {item!r}")
+            raise SystemExit(f"--sizes: expected NxMxD[@h], got {item!r}")
         n, m, d = (int(float(p)) for p in parts)
         if min(n, m, d) < 1:
             raise SystemExit(f"--sizes: N, M and D must be >= 1, got {item!r}")
-        sizes.append((n, m, d))
+        sizes.append((n, m, d, float(h) if h else None))
     return sizes
 
 
@@ -68,10 +76,9 @@ def tools_for(args: argparse.Namespace, n: int, m: int) -> list[str]:
     return [t for t in tools if args.tools is None or t in args.tools]
 
 
-def run_size(args: argparse.Namespace, size: tuple[int, int, int], hspec: str) -> list[dict]:
+def run_size(args: argparse.Namespace, size: tuple[int, int, int], h: float) -> list[dict]:
     """All tools on one size and bandwidth; each tool in its own forked process."""
     n, m, d = size
-    h = bandwidth(hspec, m, d)
     base = {"n": n, "m": m, "d": d, "h": h, "seed": args.seed, "device": args.device}
     ref = bu.run_child(bu.reference, base, args.timeout)
     if "error" in ref:
@@ -168,6 +175,11 @@ def machine_line(info: dict[str, Any], load: float) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--lowd",
+        action="store_true",
+        help="issue 12's 1-3 dimensional sizes (CPU), written to their own doc section",
+    )
     p.add_argument("--sizes", help="comma-separated NxMxD (default: the issue's sizes)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test (< 30 s)")
     p.add_argument("--repeats", type=int, help="timed calls per tool, >= 3 (5; --quick 3)")
@@ -206,7 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.precisions and args.device == "cpu":
         print("note: --precisions concerns the CUDA kernel only; ignored on CPU", file=sys.stderr)
     out = args.out or (None if args.quick else str(ROOT / "docs" / "benchmarks.md"))
-    sizes = parse_sizes(args.sizes or (QUICK if args.quick else SIZES)[args.device])
+    section = f"{args.device}-lowd" if args.lowd else args.device
+    if args.lowd and args.device != "cpu":
+        p.error("--lowd: the low-dimensional sizes are CPU sizes")
+    sizes = parse_sizes(args.sizes or (QUICK if args.quick else SIZES)[section])
     if str(ROOT) not in sys.path:  # run from a checkout without installing genmod
         sys.path.insert(0, str(ROOT))
     load = os.getloadavg()[0]
@@ -215,8 +230,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--device {args.device}: {info['error']}")
     rows = []
     for hspec in args.bandwidths.split(","):
-        for size in sizes:
-            rows += run_size(args, size, hspec.strip())
+        for n, m, d, h in sizes:
+            rows += run_size(args, (n, m, d), h or bandwidth(hspec.strip(), m, d))
+        if all(h is not None for *_, h in sizes):
+            break  # every size has its own bandwidth
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = " ".join(["python scripts/bench_kde.py", *(argv if argv is not None else sys.argv[1:])])
     body = "\n\n".join(
@@ -224,15 +241,15 @@ def main(argv: list[str] | None = None) -> None:
             f"Measured {stamp} with `{cmd}`.",
             f"Machine: {machine_line(info, load)}.",
             table(rows),
-            "Targets of issue 5 (ratios from this run):\n\n```\n"
+            f"Targets of issue {12 if args.lowd else 5} (ratios from this run):\n\n```\n"
             + "\n".join(targets(rows, args.device))
             + "\n```",
         ]
     )
     print(body)
     if out:
-        write_doc(Path(out), args.device, body)
-        print(f"\nwrote the {args.device} section of {out}", file=sys.stderr)
+        write_doc(Path(out), section, body)
+        print(f"\nwrote the {section} section of {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

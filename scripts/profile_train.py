@@ -2,6 +2,7 @@
 
     python scripts/profile_train.py                      # KDE, learned bandwidth, digits
     python scripts/profile_train.py model=lvm trainer.max_epochs=1
+    python scripts/profile_train.py data=moons trainer.max_epochs=30   # genmod-train's defaults
 
 Runs the same code path as ``genmod-train`` (Hydra compose + ``genmod.training.train``)
 under cProfile, then reports the wall time, the share spent inside
@@ -34,6 +35,16 @@ DEFAULTS = [
 # Functions whose cumulative time is "in the kernel": the op's entry point and the
 # autograd backward (called by the engine, not by pairwise_logsumexp).
 KERNEL_FUNCS = (("pairwise.py", "pairwise_logsumexp"), ("_blocked.py", "backward"))
+# The per-epoch figure of the model (DensityFigures), evaluation and rendering together.
+FIGURE_FUNCS = (("callbacks.py", "on_validation_epoch_end"),)
+
+
+def _cumulative(stats: pstats.Stats, funcs: tuple[tuple[str, str], ...]) -> float:
+    total = 0.0
+    for (file, _, func), (_, _, _, cum, _) in stats.stats.items():  # type: ignore[attr-defined]
+        if any(file.endswith(f) and func == name for f, name in funcs):
+            total += cum
+    return total
 
 
 def main(argv: list[str]) -> None:
@@ -48,14 +59,13 @@ def main(argv: list[str]) -> None:
         prof.disable()
         wall = time.perf_counter() - start
     stats = pstats.Stats(prof)
-    kernel = 0.0
-    for (file, _, func), (_, _, _, cum, _) in stats.stats.items():  # type: ignore[attr-defined]
-        if any(file.endswith(f) and func == name for f, name in KERNEL_FUNCS):
-            kernel += cum
+    kernel = _cumulative(stats, KERNEL_FUNCS)
+    figures = _cumulative(stats, FIGURE_FUNCS)
     print(f"overrides: {' '.join(DEFAULTS + argv)}")
     print(f"test/nll = {metrics.get('test/nll')} ({metrics.get('estimator')})")
     print(f"wall time of train(): {wall:.1f} s")
     print(f"inside pairwise_logsumexp (forward + backward): {kernel:.1f} s ({kernel / wall:.0%})")
+    print(f"density figures (evaluation + rendering): {figures:.1f} s ({figures / wall:.0%})")
     print("\nTop functions by exclusive time:")
     stats.sort_stats("tottime").print_stats(15)
 

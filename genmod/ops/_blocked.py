@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from genmod.ops import _fused, _tiles
+from genmod.ops import _fused, _lowd, _tiles
 from genmod.ops.profiles import d_log_profile, log_profile
 
 __all__ = ["BlockedPairwiseLSE", "DIRECT_MAX_DIM"]
@@ -125,9 +125,12 @@ class BlockedPairwiseLSE(torch.autograd.Function):
         lw_ = torch.zeros(B, M, dtype=x.dtype, device=x.device) if lw is None else lw
         expanded = _expanded(kernel, x.shape[-1], direct)
         bias = lw_ - 0.5 * inv_s2 * y2 if expanded else lw_
+        out = None
         if expanded and _fused.use_fused(x, B * N * M):
             out = _fused.fused_gaussian_forward(x, y, inv_s2, bias, exclude)
-        else:
+        elif not expanded and _lowd.use_lowd(x, B * N * M, direct):
+            out = _lowd.lowd_forward(x, y, inv_s2, lw_, exclude, kernel)
+        if out is None:
             out = _forward_tiles(x, y, inv_s2, bias, x2, y2, exclude, kernel, direct)
         if expanded:
             out -= 0.5 * inv_s2 * x2
@@ -165,6 +168,15 @@ class BlockedPairwiseLSE(torch.autograd.Function):
             # d/ds of -|x - y|^2 / (2 s^2) is |x - y|^2 / s^3.
             grad_s = (d2g * inv_s2 / scale).reshape(scale.shape) if need_s else None
             return gx, gy, grad_s, gw if need_w else None, None, None, None
+        if not expanded and _lowd.use_lowd(x, B * N * M, direct):
+            flags = (need_x, need_y, need_s, need_w)
+            want = "".join(k for k, on in zip("xysw", flags, strict=True) if on)
+            fused = _lowd.lowd_backward(x, y, inv_s2, lw_, exclude, ref, g, kernel, want)
+            if fused is not None:
+                gx, gy, cr2, gw = fused
+                # d r2 / d s = -2 r2 / s, with r2 = |x - y|^2 / s^2 here.
+                grad_s = (-2.0 * cr2 / scale).reshape(scale.shape) if need_s else None
+                return gx, gy, grad_s, gw, None, None, None
         gx = torch.zeros_like(x) if need_x else None
         gy = torch.zeros_like(y) if need_y else None
         gw = torch.zeros(B, M, dtype=x.dtype, device=x.device) if need_w else None

@@ -180,11 +180,12 @@ EXPECTED = {
 @pytest.mark.parametrize("case", list(EXPECTED))
 def test_a_bad_resume_checkpoint_is_one_line_and_writes_nothing(case, trusted, cli, tmp_path):
     paths = _bad_checkpoints(trusted, tmp_path)
-    overrides = {"another model": ("model=gaussian",), "another dimension": ("data=digits",)}
+    overrides = {"another model": ("model=gaussian",)}
     path = paths.get(case, trusted)
     run = trusted.parent.parent
     before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
-    argv = (*TINY, *TINY_DATA, *overrides.get(case, ()), f"ckpt_path={path}")
+    data = ("data=digits",) if case == "another dimension" else TINY_DATA
+    argv = (*TINY, *data, *overrides.get(case, ()), f"ckpt_path={path}")
     status, out, err = cli(train_cli, *argv, f"hydra.run.dir={tmp_path / 'new'}")
     assert status == EXIT_USER_ERROR
     (line,) = err.strip().splitlines()
