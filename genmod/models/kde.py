@@ -257,8 +257,8 @@ class KDE(DensityModel):
         likelihood of the reference points themselves: each point's own kernel makes it grow
         without bound as ``h -> 0``. Isotropic: a log-spaced grid (2 points per decade) and
         Brent's method to ``rtol`` relative on ``h``; for float32 data the search runs in
-        float32 and three float64 evaluations polish the optimum (about 25 kernel calls in
-        all). Diagonal: the same search over a common factor of the
+        float32 (to ``3 rtol``) and a short float64 Brent search around it finishes (about
+        25 to 30 kernel calls in all, a third of them float64). Diagonal: the same search over a common factor of the
         per-dimension rule, then L-BFGS on ``log h_d``. Works with ``learn_bandwidth`` too.
 
         Args:
@@ -301,14 +301,13 @@ class KDE(DensityModel):
 
         # Float32 data: the search runs in float32 (half the cost of float64, and accurate
         # enough to bracket the optimum), then a float64 parabola polishes log h to rtol.
-        # (The float32 search stops at 3 rtol: the polish's parabola, 3 float64 calls
-        # spanning +-6 rtol, places the optimum to well within rtol.)
+        # (The float32 search stops at 3 rtol; the float64 polish searches +-6 rtol.)
         fast = self.data.dtype if self.data.dtype != torch.float64 else torch.float64
         polish = fast != torch.float64 and center.dim() == 0
         coarse = min(3.0 * rtol, 0.5) if polish else rtol
         best = search_log_bandwidth(lambda t: objective(t, fast), center, bounds, rtol=coarse)
         if polish:
-            best = polish_log_bandwidth(objective, best, center, bounds, rtol=coarse)
+            best = polish_log_bandwidth(objective, best, center, bounds, rtol=rtol, coarse=coarse)
         with torch.no_grad():
             self.log_bandwidth.copy_(best.to(self.log_bandwidth))
         return self

@@ -259,3 +259,35 @@ def test_rule_rejects_data_without_spread():
         KDE(torch.tensor([[0.0, 1.0], [1.0, 1.0]]), "scott", bandwidth_type="diagonal")
     with pytest.raises(ValueError, match="bandwidth"):
         KDE(torch.randn(5, 1), "scott", weights=torch.tensor([0.0, 0, 1, 0, 0]))
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "epanechnikov", "exponential"])
+def test_float32_search_takes_at_most_30_kernel_calls_and_finds_the_float64_optimum(
+    kernel, monkeypatch
+):
+    """Issue 12: a coarse grid then Brent's method in float32, a float64 parabola to finish;
+    the optimum is a dense float64 grid's to rtol."""
+    import genmod.models.kde as kde_module
+
+    data, _ = _data(600, 2, seed=3)
+    calls = {"float32": 0, "float64": 0}
+    original = kde_module.pairwise_logsumexp
+
+    def counted(x, *args, **kwargs):
+        calls[str(x.dtype).removeprefix("torch.")] += 1
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(kde_module, "pairwise_logsumexp", counted)
+    model = KDE(data.float(), kernel=kernel).fit_bandwidth(rtol=1e-3)
+    assert calls["float32"] + calls["float64"] <= 30, calls
+    assert calls["float64"] <= 10, calls
+    h = float(model.bandwidth)
+    monkeypatch.setattr(kde_module, "pairwise_logsumexp", original)
+    dense = torch.linspace(math.log(h) - 0.02, math.log(h) + 0.02, 161, dtype=torch.float64)
+    reference = KDE(data.float().double(), kernel=kernel)
+    values = []
+    for t in dense:
+        reference.bandwidth = float(t.exp())
+        values.append(float(reference.loo_log_prob().mean()))
+    best = float(dense[int(torch.tensor(values, dtype=torch.float64).argmax())].exp())
+    assert h == pytest.approx(best, rel=1e-3)
