@@ -258,8 +258,9 @@ class KDE(DensityModel):
         without bound as ``h -> 0``. Isotropic: a log-spaced grid (2 points per decade) and
         Brent's method to ``rtol`` relative on ``h``; for float32 data the search runs in
         float32 (to ``3 rtol``) and a short float64 Brent search around it finishes (about
-        25 to 30 kernel calls in all, a third of them float64). Diagonal: the same search over a common factor of the
-        per-dimension rule, then L-BFGS on ``log h_d``. Works with ``learn_bandwidth`` too.
+        25 to 30 kernel calls in all, a third of them float64). Diagonal: the same search
+        over a common factor of the per-dimension rule, then L-BFGS on ``log h_d``. Works
+        with ``learn_bandwidth`` too.
 
         Args:
             held_out: optional ``[n, D]`` data to score instead of the LOO objective.
