@@ -33,8 +33,19 @@ __all__ = ["MAX_DIM", "lowd_backward", "lowd_forward", "use_lowd"]
 MAX_DIM = 4
 """Explicit differences up to this D (as ``_blocked.DIRECT_MAX_DIM``)."""
 
-MIN_PAIRS = 1 << 22
-"""Below this many pairs the eager loop is fast enough and compilation is not worth it."""
+MIN_PAIRS = 1 << 20
+"""Below this many pairs (1M) a call always runs the eager loop."""
+
+COMPILE_PAIRS = 1 << 28
+"""A call of this many pairs (268M: about 2 s eager) switches the process to the compiled
+path at once."""
+
+COMPILE_AFTER_PAIRS = 3 << 30
+"""Eager pairs (forward and backward calls of at least :data:`MIN_PAIRS`) after which the
+process switches to the compiled path: about 20 s of eager work on two cores."""
+
+_state = {"active": False, "eager_pairs": 0}
+"""Whether this process uses the compiled path, and the eager pairs counted so far."""
 
 _TILE = (256, 8192)
 """Rows x columns of a tile: nothing tile-sized is stored, so tiles are large (few calls)."""
@@ -133,15 +144,29 @@ def _get(fn, key: tuple):
 
 
 def use_lowd(x: Tensor, pairs: int, direct: bool = False) -> bool:
-    """True for large CPU problems with D <= :data:`MAX_DIM` when compilation is on."""
-    return (
-        x.device.type == "cpu"
-        and x.shape[-1] <= MAX_DIM
-        and not direct
-        and pairs >= MIN_PAIRS
-        and not _failed
-        and os.environ.get("GENMOD_COMPILE", "1") != "0"
-    )
+    """Whether a CPU call with D <= :data:`MAX_DIM` takes the compiled path.
+
+    Compiling costs a fixed ~8 to 10 s per process on two cores (importing TorchDynamo and
+    Inductor, tracing, loading the cached C++), after which a pair costs about 5x less. So
+    the path is rented before it is bought: a process runs the eager loop until one call
+    reaches :data:`COMPILE_PAIRS` or its eager calls add up to :data:`COMPILE_AFTER_PAIRS`
+    (the eager work then done is about twice the compile cost), and compiled from then on.
+    A short run (the default ``genmod-train`` on two moons) never pays the compile cost; a
+    long one pays it once. ``GENMOD_COMPILE=0`` never compiles.
+    """
+    if (
+        x.device.type != "cpu"
+        or x.shape[-1] > MAX_DIM
+        or direct
+        or pairs < MIN_PAIRS
+        or _failed
+        or os.environ.get("GENMOD_COMPILE", "1") == "0"
+    ):
+        return False
+    if not _state["active"]:
+        _state["eager_pairs"] += pairs
+        _state["active"] = pairs >= COMPILE_PAIRS or _state["eager_pairs"] >= COMPILE_AFTER_PAIRS
+    return _state["active"]
 
 
 def _tile_ex(exclude: Tensor, j0: int, j1: int) -> Tensor:

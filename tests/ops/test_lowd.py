@@ -14,7 +14,7 @@ from tests.conftest import brute_pairwise_logsumexp, nats_error
 
 @pytest.fixture(params=["eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def lowd(request, monkeypatch):
-    """Route every call of the test through the compiled path (it normally starts at 4M
+    """Route every call of the test through the compiled path (it normally starts at 1M
     pairs), and count the calls that took it. The default run traces the graphs with
     TorchDynamo and runs them eagerly (seconds); Inductor's C++ for all of them is the
     ``slow`` run's (minutes on two cores); ``test_inductor_builds_the_common_cases`` covers
@@ -22,6 +22,7 @@ def lowd(request, monkeypatch):
     monkeypatch.setenv("GENMOD_COMPILE_BACKEND", request.param)
     monkeypatch.setattr(_lowd, "_compiled", {})
     monkeypatch.setattr(_lowd, "MIN_PAIRS", 1)
+    monkeypatch.setattr(_lowd, "_state", {"active": True, "eager_pairs": 0})
     monkeypatch.setattr(_lowd, "_TILE", (64, 96))  # several tiles in both directions
     calls = {"forward": 0, "backward": 0}
     forward, backward = _lowd.lowd_forward, _lowd.lowd_backward
@@ -93,7 +94,8 @@ def test_gradients_match_the_eager_path(kernel, dtype, lowd, gen, monkeypatch):
     for want in ([0, 1, 2, 3], [2], [1, 3], [0]):
 
         def grads(fast: bool, want: list[int] = want) -> list[torch.Tensor]:
-            monkeypatch.setattr(_lowd, "MIN_PAIRS", 1 if fast else 1 << 62)
+            monkeypatch.setattr(_lowd, "_state", {"active": fast, "eager_pairs": 0})
+            monkeypatch.setattr(_lowd, "COMPILE_PAIRS", 1 if fast else 1 << 62)
             ins = [t.clone().requires_grad_(i in want) for i, t in enumerate((x, y, scale, lw))]
             out = pairwise_logsumexp(*ins, kernel=kernel, exclude=exclude)
             weights = torch.linspace(-1.0, 2.0, out.shape[0], dtype=dtype)
@@ -104,11 +106,19 @@ def test_gradients_match_the_eager_path(kernel, dtype, lowd, gen, monkeypatch):
             torch.testing.assert_close(fast, eager, **tol)
 
 
-def test_small_problems_stay_on_the_eager_path(gen):
+def test_the_compiled_path_is_rented_before_it_is_bought(monkeypatch, gen):
+    """Small calls stay eager; a process compiles after one huge call, or once its eager
+    calls add up to about twice the compile cost."""
+    monkeypatch.setattr(_lowd, "_state", {"active": False, "eager_pairs": 0})
     x, y, *_ = _problem(2, torch.float32, gen)
-    assert not _lowd.use_lowd(x, x.shape[0] * y.shape[0])
+    assert not _lowd.use_lowd(x, x.shape[0] * y.shape[0])  # below MIN_PAIRS
+    assert not _lowd.use_lowd(torch.zeros(3, 5), _lowd.COMPILE_PAIRS)  # D = 5: the GEMM path
+    calls = _lowd.COMPILE_AFTER_PAIRS // (4 * _lowd.MIN_PAIRS)
+    assert not any(_lowd.use_lowd(x, 4 * _lowd.MIN_PAIRS) for _ in range(calls - 1))
+    assert _lowd.use_lowd(x, 4 * _lowd.MIN_PAIRS)  # the calls add up: compiled from now on
     assert _lowd.use_lowd(x, _lowd.MIN_PAIRS)
-    assert not _lowd.use_lowd(torch.zeros(3, 5), _lowd.MIN_PAIRS)  # D = 5: the GEMM path
+    monkeypatch.setattr(_lowd, "_state", {"active": False, "eager_pairs": 0})
+    assert _lowd.use_lowd(x, _lowd.COMPILE_PAIRS)  # one huge call
 
 
 def test_inductor_builds_the_common_cases(monkeypatch, gen):
@@ -116,6 +126,7 @@ def test_inductor_builds_the_common_cases(monkeypatch, gen):
     D = 2, with and without exclude, the bandwidth's gradient) matches brute force."""
     monkeypatch.delenv("GENMOD_COMPILE_BACKEND", raising=False)
     monkeypatch.setattr(_lowd, "MIN_PAIRS", 1)
+    monkeypatch.setattr(_lowd, "_state", {"active": True, "eager_pairs": 0})
     x, y, lw, exclude = _problem(2, torch.float32, gen)
     for kernel in ("gaussian", "epanechnikov"):
         for ex in (None, exclude):
