@@ -8,14 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from genmod.models.bandwidth import (
-    polish_log_bandwidth,
-    resolve_bandwidth,
-    rule_bandwidth,
-    search_log_bandwidth,
-)
+from genmod.models.bandwidth import resolve_bandwidth, rule_bandwidth
 from genmod.models.base import DensityModel, check_generator, check_points
 from genmod.models.kernels import check_kernel, kernel_variance, log_normalizer, sample_kernel
+from genmod.models.search import polish_log_bandwidth, search_log_bandwidth
 from genmod.ops import min_scale, pairwise_logsumexp
 
 __all__ = ["KDE"]
