@@ -126,8 +126,8 @@ def _get(fn, key: tuple):
         # them all (torch's default stops compiling after 8 and silently runs eagerly).
         dynamo_config = torch._dynamo.config
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 128)
-        # GENMOD_COMPILE_BACKEND=aot_eager traces the same graphs without generating C++
-        # (the tests use it to cover every kernel, D and dtype in seconds).
+        # GENMOD_COMPILE_BACKEND=eager traces the same graphs without generating C++ (the
+        # tests use it to cover every kernel, D and dtype in seconds).
         backend = os.environ.get("GENMOD_COMPILE_BACKEND", "inductor")
         try:
             _compiled[key] = torch.compile(fn, dynamic=True, backend=backend)
@@ -187,7 +187,7 @@ def _two_pass(step, x, yt, lw, inv_s2, exclude, kernel: str, tm: int) -> Tensor:
     return _tiles.finish_lse(m, s)
 
 
-def lowd_forward(
+def _lowd_forward(
     x: Tensor, y: Tensor, inv_s2: Tensor, lw: Tensor, exclude: Tensor | None, kernel: str
 ) -> Tensor | None:
     """``lse_j (lw_j + log k(|x_i - y_j|^2 / s^2))`` for x ``[B, N, D]`` -> ``[B, N]``, or
@@ -231,7 +231,7 @@ def lowd_forward(
     return out
 
 
-def lowd_backward(
+def _lowd_backward(
     x: Tensor,
     y: Tensor,
     inv_s2: Tensor,
@@ -276,3 +276,45 @@ def lowd_backward(
     gy = cols[:, :D].transpose(1, 2) * -two if ny else None
     gw = cols[:, ny] if "w" in want else None
     return gx, gy, cr2, gw
+
+
+def _guarded(run, *args):
+    """``run(*args)``, or None after a compilation failure (no C++ compiler, an unsupported
+    platform): torch compiles at the first call, so that is where a failure shows. The
+    process then stays on the eager path, with one warning."""
+    global _failed
+    try:
+        return run(*args)
+    except Exception as err:  # torch raises many types for a failed compilation
+        if not _compiled:
+            raise
+        _failed = True
+        warnings.warn(
+            f"genmod's compiled low-dimensional CPU kernel failed ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]}); running eagerly",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+
+
+def lowd_forward(
+    x: Tensor, y: Tensor, inv_s2: Tensor, lw: Tensor, exclude: Tensor | None, kernel: str
+) -> Tensor | None:
+    """See :func:`_lowd_forward`; None when compilation is unavailable."""
+    return _guarded(_lowd_forward, x, y, inv_s2, lw, exclude, kernel)
+
+
+def lowd_backward(
+    x: Tensor,
+    y: Tensor,
+    inv_s2: Tensor,
+    lw: Tensor,
+    exclude: Tensor | None,
+    ref: Tensor,
+    g: Tensor,
+    kernel: str,
+    want: str,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None] | None:
+    """See :func:`_lowd_backward`; None when compilation is unavailable."""
+    return _guarded(_lowd_backward, x, y, inv_s2, lw, exclude, ref, g, kernel, want)
