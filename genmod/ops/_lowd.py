@@ -18,9 +18,12 @@ fast); without a compiler, or with ``GENMOD_COMPILE=0``, the eager path runs ins
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -169,6 +172,31 @@ def use_lowd(x: Tensor, pairs: int, direct: bool = False) -> bool:
     return _state["active"]
 
 
+def _guard(run: Callable[..., Any]) -> Callable[..., Any]:
+    """``run``, returning None after a compilation failure (no C++ compiler, an unsupported
+    platform): torch compiles at the first call, so that is where a failure shows. The
+    process then stays on the eager path, with one warning."""
+
+    @functools.wraps(run)
+    def guarded(*args: Any) -> Any:
+        global _failed
+        try:
+            return run(*args)
+        except Exception as err:  # torch raises many types for a failed compilation
+            if not _compiled:
+                raise
+            _failed = True
+            warnings.warn(
+                f"genmod's compiled low-dimensional CPU kernel failed ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:200]}); running eagerly",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+
+    return guarded
+
+
 def _tile_ex(exclude: Tensor, j0: int, j1: int) -> Tensor:
     """Each row's excluded column relative to the tile ``[j0, j1)`` (-1 when outside it)."""
     col = exclude - j0
@@ -187,7 +215,8 @@ def _two_pass(step, x, yt, lw, inv_s2, exclude, kernel: str, tm: int) -> Tensor:
     return _tiles.finish_lse(m, s)
 
 
-def _lowd_forward(
+@_guard
+def lowd_forward(
     x: Tensor, y: Tensor, inv_s2: Tensor, lw: Tensor, exclude: Tensor | None, kernel: str
 ) -> Tensor | None:
     """``lse_j (lw_j + log k(|x_i - y_j|^2 / s^2))`` for x ``[B, N, D]`` -> ``[B, N]``, or
@@ -231,7 +260,8 @@ def _lowd_forward(
     return out
 
 
-def _lowd_backward(
+@_guard
+def lowd_backward(
     x: Tensor,
     y: Tensor,
     inv_s2: Tensor,
@@ -276,45 +306,3 @@ def _lowd_backward(
     gy = cols[:, :D].transpose(1, 2) * -two if ny else None
     gw = cols[:, ny] if "w" in want else None
     return gx, gy, cr2, gw
-
-
-def _guarded(run, *args):
-    """``run(*args)``, or None after a compilation failure (no C++ compiler, an unsupported
-    platform): torch compiles at the first call, so that is where a failure shows. The
-    process then stays on the eager path, with one warning."""
-    global _failed
-    try:
-        return run(*args)
-    except Exception as err:  # torch raises many types for a failed compilation
-        if not _compiled:
-            raise
-        _failed = True
-        warnings.warn(
-            f"genmod's compiled low-dimensional CPU kernel failed ({type(err).__name__}: "
-            f"{' '.join(str(err).split())[:200]}); running eagerly",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return None
-
-
-def lowd_forward(
-    x: Tensor, y: Tensor, inv_s2: Tensor, lw: Tensor, exclude: Tensor | None, kernel: str
-) -> Tensor | None:
-    """See :func:`_lowd_forward`; None when compilation is unavailable."""
-    return _guarded(_lowd_forward, x, y, inv_s2, lw, exclude, kernel)
-
-
-def lowd_backward(
-    x: Tensor,
-    y: Tensor,
-    inv_s2: Tensor,
-    lw: Tensor,
-    exclude: Tensor | None,
-    ref: Tensor,
-    g: Tensor,
-    kernel: str,
-    want: str,
-) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None] | None:
-    """See :func:`_lowd_backward`; None when compilation is unavailable."""
-    return _guarded(_lowd_backward, x, y, inv_s2, lw, exclude, ref, g, kernel, want)
