@@ -249,6 +249,19 @@ def search_log_bandwidth(
     return maximize_vector(objective, best, low, high, rtol=rtol)
 
 
+def _vertex(p0: tuple[float, float], p1: tuple[float, float], p2: tuple[float, float]) -> float:
+    """The abscissa of the parabola's vertex through three points ``(t, value)`` with
+    ``t0 < t1 < t2`` and ``value1`` the largest (so the vertex lies in ``[t0, t2]``)."""
+    (a, fa), (b, fb), (c, fc) = p0, p1, p2
+    if not (math.isfinite(fa) and math.isfinite(fb) and math.isfinite(fc)):
+        return b
+    num = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
+    den = (b - a) * (fb - fc) - (b - c) * (fb - fa)
+    if den == 0.0:
+        return b
+    return min(max(b - 0.5 * num / den, a), c)
+
+
 def polish_log_bandwidth(
     objective: Callable[[Tensor], Tensor],
     start: Tensor,
@@ -259,31 +272,48 @@ def polish_log_bandwidth(
     coarse: float = 3e-3,
 ) -> Tensor:
     """Refine an isotropic ``log h`` found to ``coarse`` on a cheaper objective (float32)
-    with the exact one (float64): Brent's method within ``2 log(1 + coarse)`` of it, to
-    ``rtol``, starting from it (about 5 to 8 float64 calls: near a smooth optimum its
-    parabolic steps converge superlinearly). If the optimum is at that window's edge (the
-    two objectives disagree more than expected), the window moves on, up to three times.
+    with the exact one (float64), to ``rtol``.
+
+    Successive parabolic interpolation: the objective at ``t`` and ``t +- log(1 + coarse)``,
+    then at the vertex of the parabola through the best point and its two neighbours, until
+    the vertex moves less than ``log(1 + rtol) / 2``; typically four float64 calls, since near
+    a smooth maximum the parabola's vertex is exact to third order in the spacing. When the
+    best point is an end of the evaluated points (the two objectives disagree more than
+    ``coarse``), the points step outwards first. At most 12 calls; ends at the bounds.
     """
     if bounds is None:
         low, high = float(center) + math.log(1e-3), float(center) + math.log(1e2)
     else:
         lo, hi = _log_bounds(bounds, center)
         low, high = float(lo), float(hi)
-    width = 2.0 * math.log1p(coarse)
+    delta, tol = math.log1p(coarse), math.log1p(rtol)
+    seen: dict[float, float] = {}
 
     def f(t: float) -> float:
-        v = float(objective(start.new_tensor(t)))
-        return v if math.isfinite(v) else -math.inf
+        t = min(max(t, low), high)
+        if t not in seen:
+            v = float(objective(start.new_tensor(t)))
+            seen[t] = v if math.isfinite(v) else -math.inf
+        return seen[t]
 
-    t = float(start)
+    t0 = float(start)
+    best = t0
     with torch.no_grad():
-        value = f(t)
-        for _ in range(3):
-            a, b = max(low, t - width), min(high, t + width)
-            t_new, value_new = _brent_max(f, a, b, t, value, math.log1p(rtol))
-            if value_new > value:
-                t, value = t_new, value_new
-            at_edge = min(t - a, b - t) < math.log1p(rtol)
-            if not at_edge or t <= low or t >= high:
+        for t in (t0, t0 - delta, t0 + delta):
+            f(t)
+        while len(seen) < 12:
+            ts = sorted(seen)
+            k = max(range(len(ts)), key=lambda i: seen[ts[i]])
+            best = ts[k]
+            if k == 0 or k == len(ts) - 1:  # not bracketed: step outwards
+                if best <= low or best >= high:
+                    break
+                step = 2.0 * (ts[1] - ts[0] if k == 0 else ts[-1] - ts[-2])
+                f(best - step if k == 0 else best + step)
+                continue
+            u = _vertex(*((ts[i], seen[ts[i]]) for i in (k - 1, k, k + 1)))
+            if abs(u - best) < 0.5 * tol or u in seen:
+                best = u if u not in seen or seen[u] >= seen[best] else best
                 break
-    return start.new_tensor(t)
+            f(u)
+    return start.new_tensor(best)

@@ -4,6 +4,8 @@ checkpoints whose ``last.ckpt`` is the state after the latest epoch."""
 from __future__ import annotations
 
 import inspect
+import math
+import time
 from typing import Any
 
 import lightning as L
@@ -30,7 +32,8 @@ def sample_kwargs(model: Any, images: bool) -> dict[str, Any]:
 
 class DensityFigures(L.Callback):
     """Adds a figure of the model to TensorBoard after every ``every_n_epochs`` validation
-    epochs (tag ``tag``), drawn with a fixed seed so epochs differ only by the model:
+    epochs (tag ``tag``), within a share of the run's time, drawn with a fixed seed so epochs
+    differ only by the model:
 
     * 2-D data: the density ``p(x)`` (data units) as a heat-map with validation points,
       beside ``num_samples`` samples;
@@ -38,8 +41,16 @@ class DensityFigures(L.Callback):
       (decoded means, ``noise=False``, for models that take that flag);
     * 1-D data: histograms with the density curve; other data: the first two coordinates.
 
+    The figures (evaluating the density on the grid, rendering) may take at most
+    ``max_time_share`` of the wall time since training started: a due figure is skipped when
+    the time spent on figures plus the last figure's cost would exceed that share. The first
+    validation's figure is always drawn, and so is the final model's, at the end of training
+    (also after early stopping), so a run's last image is its result.
+
     Args:
         every_n_epochs: draw on epochs ``0, n, 2n, ...`` and on the last one.
+        max_time_share: at most this fraction of the run's time in figures (``None``: no
+            limit, every due epoch is drawn).
         num_samples: samples in 1-D / 2-D / projection figures.
         num_images: samples in an image grid.
         max_points: at most this many validation points are drawn.
@@ -57,6 +68,7 @@ class DensityFigures(L.Callback):
         grid_size: int = 120,
         seed: int = 0,
         tag: str = "figures/model",
+        max_time_share: float | None = 0.1,
     ) -> None:
         for name, value in (
             ("every_n_epochs", every_n_epochs),
@@ -67,28 +79,70 @@ class DensityFigures(L.Callback):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if max_time_share is not None and (
+            isinstance(max_time_share, bool)
+            or not isinstance(max_time_share, (int, float))
+            or not 0 < max_time_share <= 1
+            or not math.isfinite(max_time_share)
+        ):
+            raise ValueError(f"max_time_share must be in (0, 1] or None, got {max_time_share!r}")
         self.every_n_epochs = every_n_epochs
+        self.max_time_share = max_time_share
         self.num_samples = num_samples
         self.num_images = num_images
         self.max_points = max_points
         self.grid_size = grid_size
         self.seed = seed
         self.tag = tag
+        self._reset()
+
+    def _reset(self) -> None:
+        self._started = time.perf_counter()
+        self._spent = 0.0  # seconds in figures so far
+        self._last_cost = 0.0
+        self._drawn = 0
+        self._pending: int | None = None  # epoch of a skipped figure not yet drawn
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not writers or not isinstance(pl_module, DensityModule):
-            return
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         if epoch % self.every_n_epochs != 0 and not last:
+            self._pending = epoch
             return
+        elapsed = time.perf_counter() - self._started
+        over = (
+            self.max_time_share is not None
+            and self._drawn > 0
+            and self._spent + self._last_cost > self.max_time_share * elapsed
+        )
+        if over and not last:
+            self._pending = epoch
+            return
+        self._draw(trainer, pl_module, epoch)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final model's figure, when its validation epoch was skipped."""
+        if self._pending is not None and trainer.is_global_zero:
+            self._draw(trainer, pl_module, self._pending)
+
+    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not writers or not isinstance(pl_module, DensityModule):
+            return
+        start = time.perf_counter()
         data = getattr(trainer.datamodule, "val_data", None)
         fig = self.figure(pl_module, data, title=f"epoch {epoch}")
         for writer in writers:
             writer.add_figure(self.tag, fig, global_step=trainer.global_step, close=False)
+        self._last_cost = time.perf_counter() - start
+        self._spent += self._last_cost
+        self._drawn += 1
+        self._pending = None
 
     @torch.no_grad()
     def figure(self, module: DensityModule, data: Tensor | None, title: str = "") -> Figure:
