@@ -187,4 +187,3 @@ def integrate_box_1d(kde: KDE, low: float, high: float) -> Tensor:
     if kde.dim != 1:
         raise ValueError(f"integrate_box_1d needs one-dimensional data, got D = {kde.dim}")
     return integrate_box(kde, [low], [high])
-
