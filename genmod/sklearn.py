@@ -158,6 +158,11 @@ class KernelDensity(_DensityEstimator):
             )
             weights = torch.tensor(sample_weight, dtype=torch.float64)
         loo = isinstance(self.bandwidth, str) and self.bandwidth == "loo"
+        if isinstance(self.bandwidth, str) and X.shape[0] < 2:
+            raise ValueError(
+                f"bandwidth={self.bandwidth!r} needs n_samples >= 2 (got 1 sample); pass a "
+                "numeric bandwidth"
+            )
         model = KDE(
             self._tensor(X),
             bandwidth="scott" if loo else self.bandwidth,
