@@ -101,8 +101,7 @@ class _DensityEstimator(DensityMixin, BaseEstimator):
         if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer):
             raise ValueError(f"n_samples must be an int >= 0, got {n_samples!r}")
         seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-        device = self.model_.data.device if hasattr(self.model_, "data") else None
-        device = device if device is not None else self.model_.mean.device
+        device = next(self.model_.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
         return self.model_.sample(int(n_samples), generator=generator).double().cpu().numpy()
 
