@@ -203,6 +203,24 @@ def test_integrate_box_against_float64_integration_and_scipy(bandwidth_type: str
     assert float(kde.integrate_box([1.0, 1.0], [0.0, 2.0])) == 0.0
 
 
+@pytest.mark.parametrize("bandwidth_type", ["isotropic", "full"])
+def test_zero_weights_are_dropped_rows(bandwidth_type: str) -> None:
+    """A zero-weight row changes neither the covariance, the density, the box probability
+    nor the rebuilt model."""
+    x, w = _data(n=60, dim=3)
+    w[::4] = 0.0
+    full = _kde(x, "scott", w, bandwidth_type=bandwidth_type)
+    kept = _kde(x[w > 0], "scott", w[w > 0], bandwidth_type=bandwidth_type)
+    q = torch.tensor(x[:8] + 0.3)
+    torch.testing.assert_close(full.log_prob(q), kept.log_prob(q), rtol=1e-10, atol=0)
+    low, high = [0.0, 0.0, -np.inf], [3.0, 2.0, 2.0]
+    assert float(full.integrate_box(low, high)) == pytest.approx(
+        float(kept.integrate_box(low, high)), abs=1e-12
+    )
+    rebuilt = KDE.from_state(full.hparams(), full.state_dict())
+    torch.testing.assert_close(rebuilt.log_prob(q), full.log_prob(q), rtol=0, atol=0)
+
+
 def test_integrate_box_full_three_dims_to_1e7() -> None:
     """The full D = 3 case, per kernel by the exact-bivariate Gauss-Legendre method, against
     scipy's dblquad of each kernel (float64, 1e-13) and scipy's own (looser) answer."""
