@@ -301,7 +301,8 @@ class KDE(DensityModel):
 
         Args:
             held_out: optional ``[n, D]`` data to score instead of the LOO objective.
-            bounds: ``(low, high)`` on ``h`` in data units (per dimension for diagonal);
+            bounds: ``(low, high)`` on ``h`` in data units (per dimension for diagonal; the
+                dimensionless factor for full);
                 default ``1e-3`` to ``1e2`` times the Scott rule rescaled to the kernel's
                 spread. A warning is raised when the optimum sits at a bound.
             rtol: relative tolerance on ``h``, in ``(0, 1)``.

@@ -111,6 +111,16 @@ def test_rules_follow_the_data_scale_unlike_sklearns(rule: str) -> None:
     )
 
 
+def test_full_bandwidth_is_scipys_gaussian_kde() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(150, 2)) @ np.array([[3.0, 0.0], [2.0, 0.1]])
+    w = rng.exponential(size=150)
+    est = KernelDensity(bandwidth="silverman", bandwidth_type="full").fit(x, sample_weight=w)
+    ref = stats.gaussian_kde(x.T, bw_method="silverman", weights=w)
+    np.testing.assert_allclose(est.score_samples(x[:9]), ref.logpdf(x[:9].T), rtol=1e-12)
+    assert est.bandwidth_ == pytest.approx(ref.factor, rel=1e-14)
+
+
 def test_loo_bandwidth_is_genmods_search() -> None:
     x = np.random.default_rng(1).normal(size=(120, 2))
     est = KernelDensity(bandwidth="loo", kernel="epanechnikov").fit(x)
