@@ -125,33 +125,17 @@ class KDE(DensityModel):
         with torch.no_grad():
             self.log_bandwidth.copy_(h.log())
 
-    @property
-    def bandwidth_matrix(self) -> Tensor:
-        """``H`` ``[D, D]`` with ``K_H(u) = k(||H^{-1/2} u||) / (C_{k,D} |H|^{1/2})``: ``h^2 I``,
-        ``diag(h_d^2)`` or ``h^2 Sigma`` (the kernel covariance for the gaussian kernel)."""
-        return _kde_full.bandwidth_matrix(self)
+    # scipy's gaussian_kde features (genmod/models/_kde_full.py): H, marginals, box probabilities
+    bandwidth_matrix = property(_kde_full.bandwidth_matrix)
+    marginal = _kde_full.marginal
+    integrate_box = _kde_full.integrate_box
+    integrate_box_1d = _kde_full.integrate_box_1d
 
     def set_bandwidth(self, bandwidth: Any) -> KDE:
         """Set the bandwidth as the constructor takes it, or from ``bandwidth(self)`` when it
         is callable (scipy's ``set_bandwidth``); returns ``self``."""
         self.bandwidth = bandwidth(self) if callable(bandwidth) else bandwidth
         return self
-
-    def marginal(self, dims: int | list[int]) -> KDE:
-        """The marginal KDE of dimensions ``dims`` (gaussian kernel; see
-        :func:`genmod.models._kde_full.marginal`)."""
-        return _kde_full.marginal(self, dims)
-
-    def integrate_box(
-        self, low: Any, high: Any, *, atol: float = 1e-8, max_points: int = 2**16
-    ) -> Tensor:
-        """``P(low < X < high)`` (gaussian kernel), 0-d float64; see
-        :func:`genmod.models._kde_full.integrate_box`."""
-        return _kde_full.integrate_box(self, low, high, atol=atol, max_points=max_points)
-
-    def integrate_box_1d(self, low: float, high: float) -> Tensor:
-        """``P(low < X < high)`` of a one-dimensional KDE (gaussian kernel), exact."""
-        return _kde_full.integrate_box_1d(self, low, high)
 
     @property
     def has_closed_form(self) -> bool:
