@@ -9,7 +9,9 @@ Rules (scale-equivariant: multiplying the data by ``c`` multiplies the bandwidth
 with ``n_eff = (sum w)^2 / sum w^2`` the effective sample size (``n`` without weights) and
 ``sigma`` the weighted standard deviation with the unbiased reliability-weights correction
 (``ddof=1`` without weights, as scipy's ``gaussian_kde``). A diagonal bandwidth uses each
-dimension's ``sigma_d``; an isotropic one uses the root-mean-square ``sqrt(mean_d sigma_d^2)``.
+dimension's ``sigma_d``; an isotropic one uses the root-mean-square ``sqrt(mean_d sigma_d^2)``;
+a full one (``H = h^2 Sigma``, :mod:`genmod.models._kde_full`) is the factor alone
+(``sigma = 1``), as scipy's ``gaussian_kde`` computes it.
 The rules are normal-reference rules for a gaussian kernel's standard deviation; for the
 compact kernels the same number is used as the scale parameter (as scikit-learn and
 statsmodels do): a starting point that ``fit_bandwidth`` improves on.
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 RULES = ("scott", "silverman")
-BANDWIDTH_TYPES = ("isotropic", "diagonal")
+BANDWIDTH_TYPES = ("isotropic", "diagonal", "full")
 
 
 def effective_sample_size(weights: Tensor) -> float:
@@ -70,7 +72,7 @@ def rule_bandwidth(
     """The ``"scott"`` or ``"silverman"`` bandwidth of ``data`` ``[M, D]`` (float64).
 
     Returns a 0-d tensor for ``bandwidth_type="isotropic"`` (from the RMS per-dimension std)
-    or ``[D]`` for ``"diagonal"``.
+    or ``"full"`` (the dimensionless factor), or ``[D]`` for ``"diagonal"``.
 
     Raises:
         ValueError: naming ``bandwidth`` for an unknown rule, or when the data have zero (or
@@ -85,7 +87,9 @@ def rule_bandwidth(
     else:
         factor = (n_eff * (dim + 2) / 4.0) ** (-1.0 / (dim + 4))
     sigma = weighted_std(data, weights)
-    if bandwidth_type == "isotropic":
+    if bandwidth_type == "full":
+        sigma = torch.where(torch.isfinite(sigma.sum()), 1.0, torch.nan).double()
+    elif bandwidth_type == "isotropic":
         sigma = sigma.pow(2).mean().sqrt()
     h = factor * sigma
     bad = ~(torch.isfinite(h) & (h > 0))
@@ -155,11 +159,11 @@ def resolve_bandwidth(
         raise ValueError(f"bandwidth must be numeric, got {bandwidth!r}") from err
     dim = data.shape[1]
     if h.numel() == 1:
-        h = h.reshape(()) if bandwidth_type == "isotropic" else h.reshape(1).expand(dim)
+        h = h.reshape(()) if bandwidth_type != "diagonal" else h.reshape(1).expand(dim)
     elif bandwidth_type == "diagonal" and h.numel() == dim:
         h = h.reshape(dim)
     else:
-        wanted = "one value" if bandwidth_type == "isotropic" else f"1 or {dim} values"
+        wanted = "one value" if bandwidth_type != "diagonal" else f"1 or {dim} values"
         raise ValueError(
             f"bandwidth for bandwidth_type={bandwidth_type!r} must hold {wanted}, "
             f"got shape {tuple(h.shape)}"

@@ -93,6 +93,28 @@ class Gaussian(DensityModel):
         scale = self.scale_tril
         return scale @ scale.mT
 
+    @property
+    def loc(self) -> Tensor:
+        """The mean ``mu`` ``[D]`` (data units), as :class:`torch.distributions` names it."""
+        return self.mean
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        """``Sigma`` ``[D, D]``, as :class:`torch.distributions.MultivariateNormal` names it."""
+        return self.covariance
+
+    def entropy(self) -> Tensor:
+        """Differential entropy ``H = 1/2 (D (1 + log(2 pi)) + log det Sigma)`` in nats (0-d)."""
+        return 0.5 * (self.dim * (1.0 + _LOG_2PI) + self._log_det())
+
+    def to_distribution(self) -> torch.distributions.MultivariateNormal:
+        """This Gaussian as a ``torch.distributions.MultivariateNormal(loc, scale_tril=L)``.
+
+        The distribution shares the parameters' autograd graph (gradients flow back into the
+        model) but not their storage: refit or train the model, then call this again.
+        """
+        return torch.distributions.MultivariateNormal(self.loc, scale_tril=self.scale_tril)
+
     def _std(self) -> Tensor:
         """Per-dimension standard deviations ``[D]`` (diag / isotropic only)."""
         return self.raw_scale.exp().expand(self.dim)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from genmod.models import _kde_full
 from genmod.models.bandwidth import resolve_bandwidth, rule_bandwidth
 from genmod.models.base import DensityModel, check_generator, check_points
 from genmod.models.kernels import check_kernel, kernel_variance, log_normalizer, sample_kernel
@@ -63,7 +64,11 @@ class KDE(DensityModel):
         kernel: ``"gaussian"``, ``"tophat"``, ``"epanechnikov"``, ``"exponential"``,
             ``"linear"`` or ``"cosine"``.
         weights: optional non-negative weights ``[M]``, not all zero.
-        bandwidth_type: ``"isotropic"`` (one ``h``) or ``"diagonal"`` (one ``h_d`` per dim).
+        bandwidth_type: ``"isotropic"`` (one ``h``), ``"diagonal"`` (one ``h_d`` per dim) or
+            ``"full"`` (``H = h^2 Sigma``, ``Sigma`` the weighted data covariance and ``h`` a
+            dimensionless factor: scipy's ``gaussian_kde``; see
+            :mod:`genmod.models._kde_full`). ``KDE(x, "scott", bandwidth_type="full")`` is
+            ``scipy.stats.gaussian_kde(x.T)``.
         learn_bandwidth: make ``log_bandwidth`` a trainable parameter (the NLL loop then
             minimises the leave-one-out NLL by gradient on ``log h``).
 
@@ -88,6 +93,7 @@ class KDE(DensityModel):
             raise ValueError("data must hold at least one reference point, got shape [0, D]")
         kernel = check_kernel(kernel)
         w = _check_weights(weights, data)
+        tril = _kde_full.data_scale_tril(data, w) if bandwidth_type == "full" else None
         h = resolve_bandwidth(bandwidth, data, w, bandwidth_type)
         self.dim = int(data.shape[1])
         self.kernel = kernel
@@ -97,6 +103,7 @@ class KDE(DensityModel):
         self.register_buffer("data", data.detach())
         log_w = None if w is None else (w / w.sum()).log().to(data.dtype)
         self.register_buffer("log_weights", log_w)
+        self.register_buffer("data_scale_tril", None if tril is None else tril.to(data.dtype))
         self.log_bandwidth = nn.Parameter(
             h.log().to(data.dtype), requires_grad=self.learn_bandwidth
         )
@@ -108,7 +115,8 @@ class KDE(DensityModel):
 
     @property
     def bandwidth(self) -> Tensor:
-        """``h = exp(log_bandwidth)``: 0-d (isotropic) or ``[D]`` (diagonal), data units."""
+        """``h = exp(log_bandwidth)``: 0-d (isotropic, data units; full, a factor of the data
+        covariance's Cholesky factor) or ``[D]`` (diagonal, data units)."""
         return self.log_bandwidth.exp()
 
     @bandwidth.setter
@@ -116,6 +124,18 @@ class KDE(DensityModel):
         h = resolve_bandwidth(value, self.data, self._weights(), self.bandwidth_type)
         with torch.no_grad():
             self.log_bandwidth.copy_(h.log())
+
+    # scipy's gaussian_kde features (genmod/models/_kde_full.py): H, marginals, box probabilities
+    bandwidth_matrix = property(_kde_full.bandwidth_matrix)
+    marginal = _kde_full.marginal
+    integrate_box = _kde_full.integrate_box
+    integrate_box_1d = _kde_full.integrate_box_1d
+
+    def set_bandwidth(self, bandwidth: Any) -> KDE:
+        """Set the bandwidth as the constructor takes it, or from ``bandwidth(self)`` when it
+        is callable (scipy's ``set_bandwidth``); returns ``self``."""
+        self.bandwidth = bandwidth(self) if callable(bandwidth) else bandwidth
+        return self
 
     @property
     def has_closed_form(self) -> bool:
@@ -150,7 +170,12 @@ class KDE(DensityModel):
                 f"bandwidth {h:.3g} is below the smallest {str(x.dtype)[6:]} supports "
                 f"({smallest:.3g}: 1 / h^2 overflows it); use float64 data, e.g. model.double()"
             )
-        if self.bandwidth_type == "diagonal":
+        if self.bandwidth_type == "full":
+            tril = self.data_scale_tril
+            x, y = _kde_full.whiten(x, tril), _kde_full.whiten(y, tril)
+            out = pairwise_logsumexp(x, y, log_h.exp(), lw, **kw) - self.dim * log_h
+            out = out - _kde_full.log_abs_det(tril.to(x.dtype))
+        elif self.bandwidth_type == "diagonal":
             h = log_h.exp()
             out = pairwise_logsumexp(x / h, y / h, 1.0, lw, **kw) - log_h.sum()
         else:
@@ -260,7 +285,8 @@ class KDE(DensityModel):
 
         Args:
             held_out: optional ``[n, D]`` data to score instead of the LOO objective.
-            bounds: ``(low, high)`` on ``h`` in data units (per dimension for diagonal);
+            bounds: ``(low, high)`` on ``h`` in data units (per dimension for diagonal; the
+                dimensionless factor for full);
                 default ``1e-3`` to ``1e2`` times the Scott rule rescaled to the kernel's
                 spread. A warning is raised when the optimum sits at a bound.
             rtol: relative tolerance on ``h``, in ``(0, 1)``.
@@ -325,6 +351,8 @@ class KDE(DensityModel):
             noise = sample_kernel(
                 self.kernel, n, self.dim, generator, dtype=self.data.dtype, device=device
             )
+            if self.bandwidth_type == "full":
+                noise = noise @ self.data_scale_tril.mT
             return self.data[idx] + self.bandwidth * noise
 
     def hparams(self) -> dict[str, Any]:
@@ -353,6 +381,10 @@ class KDE(DensityModel):
         weights = None
         if state_dict.get("log_weights") is not None:
             weights = torch.ones(saved.shape[0], dtype=torch.float64)
+        if hparams.get("bandwidth_type") == "full":  # a full bandwidth needs a covariance
+            placeholder = saved.detach().clone()
+            if weights is not None:
+                weights = state_dict["log_weights"].detach().double().exp()
         kwargs = {**hparams, "bandwidth": state_dict["log_bandwidth"].detach().double().exp()}
         model = cls(placeholder, weights=weights, **kwargs)
         model.load_state_dict(state_dict)

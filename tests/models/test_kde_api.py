@@ -165,7 +165,7 @@ CONSTRUCTOR_CASES = [
     ({"weights": torch.tensor([1.0, 1.0, math.nan, 1.0, 1.0, 1.0])}, r"weights.*row: 2"),
     ({"weights": torch.ones(6, 1)}, "weights must have shape"),
     ({"kernel": "triangle"}, "kernel must be one of"),
-    ({"bandwidth_type": "full"}, "bandwidth_type must be one of"),
+    ({"bandwidth_type": "block"}, "bandwidth_type must be one of"),
 ]
 
 
