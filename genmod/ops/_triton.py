@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from genmod.ops._triton_dispatch import DIRECT_MAX_DIM
 from genmod.ops._triton_launch import interpreting, launch
 
 __all__ = ["PRECISIONS", "triton_available", "triton_pairwise_lse"]
@@ -43,10 +44,14 @@ def triton_available(device: torch.device) -> bool:
     return torch.device(device).type == "cuda" or interpreting()
 
 
-def _prepare(x: Tensor, y: Tensor, scale: Tensor, log_weights: Tensor):
-    """Per-point terms of the split exponent (base 2); see ``_triton_fwd``."""
+def _prepare(x: Tensor, y: Tensor, scale: Tensor, log_weights: Tensor, direct: bool):
+    """Per-point terms of the split exponent (base 2); see ``_triton_fwd``. With ``direct``
+    the kernels form ``|x - y|^2`` themselves: ``cy = log2(e) w``, ``cx = 0``."""
     s = scale.detach().to(device=x.device, dtype=x.dtype).reshape(1)
     k = _LOG2E / (s * s)
+    if direct:
+        cy = _LOG2E * log_weights.detach()
+        return k, cy, cy.contiguous(), x.new_zeros(x.shape[:2])
     yy = (y * y).sum(-1)
     cy = _LOG2E * log_weights.detach() - 0.5 * k * yy
     cx = -0.5 * k * (x * x).sum(-1)
@@ -68,7 +73,8 @@ class _PairwiseLSE(torch.autograd.Function):
 
         batch, n, dim = x.shape
         m = y.shape[1]
-        k, yy, cy, cx = _prepare(x, y, scale, log_weights)
+        direct = dim <= DIRECT_MAX_DIM
+        k, yy, cy, cx = _prepare(x, y, scale, log_weights, direct)
         out = torch.empty(batch, n, dtype=x.dtype, device=x.device)
         lse = torch.empty_like(out)
         if batch * n > 0:
@@ -76,10 +82,11 @@ class _PairwiseLSE(torch.autograd.Function):
                 lse_fwd_kernel, "fwd", precision, x, n, "BLOCK_N",
                 (x, y, cx, cy, k, exclude if exclude is not None else out, out, lse,
                  n, m, dim, x.stride(0), x.stride(1), y.stride(0), y.stride(1)),
-                HAS_EXCLUDE=exclude is not None, PRECISION=precision,
+                DIRECT=direct, DIM=dim, HAS_EXCLUDE=exclude is not None, PRECISION=precision,
             )  # fmt: skip
         ctx.save_for_backward(x, y, scale, yy, cy, lse, exclude)
         ctx.precision = precision
+        ctx.direct = direct
         return out
 
     @staticmethod
@@ -98,7 +105,8 @@ class _PairwiseLSE(torch.autograd.Function):
         # Rows with no admissible term have lse = -inf; +inf makes every p_ij = 2^-inf = 0.
         lse = lse.masked_fill(lse == -math.inf, math.inf)
         excl = exclude if exclude is not None else lse
-        flags = dict(HAS_EXCLUDE=exclude is not None, PRECISION=ctx.precision)
+        flags = dict(DIRECT=ctx.direct, DIM=dim, HAS_EXCLUDE=exclude is not None,
+                     PRECISION=ctx.precision)  # fmt: skip
         args = (n, m, dim, x.stride(0), x.stride(1), y.stride(0), y.stride(1))
         grad_x = grad_y = grad_s = grad_w = None
         if need_x or need_s:
@@ -195,8 +203,10 @@ def triton_pairwise_lse(
     admissible term is ``-inf`` (with zero gradients), never NaN. Memory is O((N + M) D) in
     forward and backward; the backward recomputes the block scores.
 
-    The squared distance is expanded as ``|x|^2 + |y|^2 - 2 x.y`` with the product on the matrix
-    units, so the caller should centre x and y (``genmod.ops.pairwise_logsumexp`` does).
+    Above ``D = DIRECT_MAX_DIM`` (8) the squared distance is expanded as
+    ``|x|^2 + |y|^2 - 2 x.y`` with the product on the matrix units, so the caller should centre
+    x and y there (``genmod.ops.pairwise_logsumexp`` does); at ``D <= 8`` the kernels form
+    explicit differences, which need no centring and lose no accuracy to cancellation.
 
     Args:
         x: Queries ``[B, N, D]``, float32 or float64, 1 <= D <= 256.
