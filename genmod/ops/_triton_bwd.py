@@ -218,10 +218,7 @@ def lse_bwd_y_kernel(
 
     if NEED_GRAD:
         inv_s2 = tl.load(inv_s2_ptr)
-        if DIRECT:
-            gy = inv_s2 * px
-        else:
-            gy = inv_s2 * (px - y * col_sum[:, None])
+        gy = inv_s2 * px if DIRECT else inv_s2 * (px - y * col_sum[:, None])
         gy_ptrs = gy_ptr + b * stride_yb + offs_m[:, None].to(tl.int64) * stride_ym
         tl.store(gy_ptrs + offs_d[None, :], gy, mask=mask_y)
     tl.store(gw_ptr + b * M + offs_m, col_sum, mask=mask_m)

@@ -121,7 +121,7 @@ def pairwise_logsumexp(
     # Explicit differences: the torch path at D <= 4, the Triton kernels at D <= 8 (see
     # _triton_dispatch.DIRECT_MAX_DIM); everything else expands |x|^2 + |y|^2 - 2 x.y.
     direct_max = TRITON_DIRECT_MAX_DIM if use_triton else _blocked.DIRECT_MAX_DIM
-    expands = D > direct_max
+    expands = x3.shape[-1] > direct_max
     raw = (x3, y3)
     if expands:
         # Distances are translation invariant: centring on the (detached) mean of y keeps
