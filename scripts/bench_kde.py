@@ -42,8 +42,16 @@ SIZES = {
     "cuda": "100000x100000x64,1000000x1000000x64",
     # issue 12's low-dimensional shapes, each at the bandwidth the issue measured it at
     "cpu-lowd": "20000x20000x1@0.05,20000x20000x2@0.1,20000x20000x3@0.2",
+    # issue 13: a KDE training step's shape (256 queries, 160k references, the learned h),
+    # then issue 12's shapes, on the explicit-difference Triton kernels
+    "cuda-lowd": "256x160000x2@0.04,20000x20000x1@0.05,20000x20000x2@0.1,20000x20000x3@0.2",
 }
-QUICK = {"cpu": "1000x1500x16", "cuda": "20000x30000x64", "cpu-lowd": "3000x3000x2@0.1"}
+QUICK = {
+    "cpu": "1000x1500x16",
+    "cuda": "20000x30000x64",
+    "cpu-lowd": "3000x3000x2@0.1",
+    "cuda-lowd": "256x20000x2@0.04",
+}
 
 
 def parse_sizes(text: str) -> list[tuple[int, int, int, float | None]]:
@@ -70,7 +78,8 @@ def bandwidth(spec: str, m: int, d: int) -> float:
 def tools_for(args: argparse.Namespace, n: int, m: int) -> list[str]:
     """The tools that run at one size, in table order, restricted to ``--tools``."""
     if args.device == "cuda" and n * m > BIG_PAIRS:
-        tools = ["genmod", *GRADS, "keops"] + (PRECISION_ROWS if args.precisions else [])
+        # the issues' targets there: the forward's time and memory, the bandwidth step
+        tools = ["genmod", "genmod-bwd-h", "keops"]
     else:
         tools = ["genmod", *GRADS, "sklearn", "scipy", "keops", "torch-naive"]
         tools += ["floor-gemm", "floor-exp"]
@@ -182,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--lowd",
         action="store_true",
-        help="issue 12's 1-3 dimensional sizes (CPU), written to their own doc section",
+        help="issue 12's 1-3 dimensional sizes (and on CUDA issue 13's KDE step), written to "
+        "their own doc section",
     )
     p.add_argument("--sizes", help="comma-separated NxMxD (default: the issue's sizes)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test (< 30 s)")
@@ -229,8 +239,6 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or (None if args.quick else str(ROOT / "docs" / "benchmarks.md"))
     section = f"{args.device}-lowd" if args.lowd else args.device
     section = f"{args.device}-train" if args.train else section
-    if args.lowd and args.device != "cpu":
-        p.error("--lowd: the low-dimensional sizes are CPU sizes")
     sizes = (
         [] if args.train else parse_sizes(args.sizes or (QUICK if args.quick else SIZES)[section])
     )
