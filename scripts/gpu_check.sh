@@ -70,22 +70,22 @@ phase() {  # phase NAME CAP LOG COMMAND...: run it under its cap, tee its log, n
     echo "   $name: exit $rc at ${SECONDS} s" | tee -a "$OUT/phases.txt"
     return "$rc"
 }
-bench() { "$PY" scripts/bench_kde.py --out "$OUT/benchmarks.md" --repeats 3 "$@"; }
+bench=("$PY" scripts/bench_kde.py --out "$OUT/benchmarks.md" --repeats 3)
 
 if ((DRY)); then
-    phase "gpu tests (collect only)" 120 pytest_gpu.log \
+    phase "gpu tests (collect only)" 600 pytest_gpu.log \
         "$PY" -m pytest -q -p no:cacheprovider -m gpu --collect-only tests || status=1
     for cmd in "trainer=gpu data.n_samples=200000 trainer.max_epochs=1" \
         "experiment=lvm_digits trainer=gpu trainer.max_epochs=3"; do
         # shellcheck disable=SC2086
-        phase "compose: genmod-train $cmd" 60 compose.log \
-            "$PY" -m genmod.cli.train $cmd --cfg job >/dev/null || status=1
+        phase "compose: genmod-train $cmd" 300 "compose_${cmd%% *}.log" \
+            "$PY" -m genmod.cli.train $cmd --cfg job || status=1
     done
-    phase "bench (tiny, CPU)" 300 bench_cuda.log bench --quick --sizes 300x400x16 \
+    phase "bench (tiny, CPU)" 600 bench_cuda.log "${bench[@]}" --quick --sizes 300x400x16 \
         --tools genmod,genmod-bwd,genmod-bwd-h,genmod-bwd-yh,floor-gemm,floor-exp || status=1
-    phase "bench low-D (tiny, CPU)" 300 bench_lowd.log bench --quick --lowd \
+    phase "bench low-D (tiny, CPU)" 600 bench_lowd.log "${bench[@]}" --quick --lowd \
         --sizes 64x2000x2@0.04,500x500x3@0.2 --tools genmod,genmod-bwd-h || status=1
-    phase "training (tiny, CPU)" 600 bench_train.log bench --quick --train || status=1
+    phase "training (tiny, CPU)" 900 bench_train.log "${bench[@]}" --quick --train || status=1
 else
     timeout "$(cap 70)" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 |
         tee "$OUT/pytest_gpu.log"
@@ -95,11 +95,11 @@ else
     tools=genmod,genmod-bwd,genmod-bwd-h,genmod-bwd-yh,genmod-ieee,genmod-tf32,keops
     tools+=,torch-naive,floor-gemm,floor-gemm-tf32,floor-exp
     # 100k then 1M (fwd, fwd+bwd (h), KeOps there): one section, rewritten after each size
-    phase "bench 100k, 1M" 115 bench_cuda.log bench --device cuda --precisions --tools "$tools" \
-        --max-seconds 20 --timeout 60 || status=1
-    phase "bench low-D" 50 bench_lowd.log bench --device cuda --lowd --max-seconds 20 \
-        --timeout 30 --tools genmod,genmod-bwd,genmod-bwd-h || status=1
-    phase "training" 120 bench_train.log bench --device cuda --train || status=1
+    phase "bench 100k, 1M" 115 bench_cuda.log "${bench[@]}" --device cuda --precisions \
+        --tools "$tools" --max-seconds 20 --timeout 60 || status=1
+    phase "bench low-D" 50 bench_lowd.log "${bench[@]}" --device cuda --lowd \
+        --max-seconds 20 --timeout 30 --tools genmod,genmod-bwd,genmod-bwd-h || status=1
+    phase "training" 120 bench_train.log "${bench[@]}" --device cuda --train || status=1
 fi
 echo "gpu_check: results in $OUT after ${SECONDS} s (exit $status)"
 exit $status

@@ -54,12 +54,13 @@ def make_case(d: int, h: float) -> tuple:
     return x, y, torch.tensor(h), lw, ex, g
 
 
-def errors(d: int, h: float) -> dict:
-    """Max errors of the kernels (relative to max(1, |ref|)) for one case; run interpreted."""
+def errors(d: int, h: float, device: str = "cpu") -> dict:
+    """Max errors of the kernels (relative to max(1, |ref|)) for one case (on CPU: run
+    interpreted)."""
     from genmod.ops._triton import triton_pairwise_lse
     from tests.ops.test_triton import reference
 
-    x, y, scale, lw, ex, g = make_case(d, h)
+    x, y, scale, lw, ex, g = (t.to(device) for t in make_case(d, h))
     ref, ref_grads = reference(x, y, scale, lw, ex, g)
     leaves = [t.requires_grad_(True) for t in (x, y, scale, lw)]
     out = triton_pairwise_lse(*leaves, exclude=ex, precision="tf32x3")
@@ -72,13 +73,13 @@ def errors(d: int, h: float) -> dict:
     return res
 
 
-def loo_flags() -> dict:
-    """The public function at D = 2, h = 0.04, leave-one-out, on the Triton path: how many
-    rows refinement recomputes (counted at ``_recompute``) and the worst error."""
+def loo_flags(m: int = 1600, device: str = "cpu") -> dict:
+    """The public function at D = 2, h = 0.04, leave-one-out (32 queries), on the Triton path:
+    how many rows refinement recomputes (counted at ``_recompute``) and the worst error."""
     from genmod.ops import _refine, pairwise_logsumexp
 
     gen = torch.Generator().manual_seed(7)
-    y = moons(1600, gen)
+    y = moons(m, gen)
     calls = []
     real = _refine._recompute
 
@@ -87,9 +88,13 @@ def loo_flags() -> dict:
         return real(*args, **kwargs)
 
     _refine._recompute = counting
-    ex = torch.arange(0, 1600, 50)
-    out = pairwise_logsumexp(y[ex], y, 0.04, exclude=ex, backend="triton")
-    _refine._recompute = real
+    ex = torch.arange(0, m, m // 32)
+    try:
+        out = pairwise_logsumexp(
+            y[ex].to(device), y.to(device), 0.04, exclude=ex.to(device), backend="triton"
+        ).cpu()
+    finally:
+        _refine._recompute = real
     ref, _ = _brute_loo(y, ex, 0.04)
     err = ((out.double() - ref).abs() / ref.abs().clamp_min(1)).max().item()
     return {"recomputed": sum(calls), "out": err}
@@ -185,6 +190,27 @@ def test_direct_estimate_flags_almost_no_rows_at_training_size() -> None:
     expanded = _refine._flag_rows(out, centred, scale, None, 160_000)
     assert int(direct.sum()) <= 2
     assert int(expanded.sum()) >= 64
+
+
+cuda = pytest.mark.skipif(
+    not (HAS_TRITON and torch.cuda.is_available()) or os.environ.get("TRITON_INTERPRET") == "1",
+    reason="needs triton and a CUDA device (compiled kernels)",
+)
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("name", [*FAST, *SLOW])
+def test_direct_kernels_meet_the_bound_cuda(name: str) -> None:
+    check(errors(*{**FAST, **SLOW}[name], device="cuda"), name)
+
+
+@pytest.mark.gpu
+@cuda
+def test_direct_path_needs_no_refinement_cuda() -> None:
+    """The H200's case at full size: 32 of 160 000 moons left out, h = 0.04."""
+    loo = loo_flags(160_000, "cuda")
+    assert loo["recomputed"] <= 2 and loo["out"] <= FP32_BOUND, loo
 
 
 if __name__ == "__main__":
