@@ -198,11 +198,15 @@ cuda = pytest.mark.skipif(
 )
 
 
+# D is a compile-time constant of the kernels: four dimensions keep the compiles few.
+GPU = {name: spec for name, spec in {**FAST, **SLOW}.items() if spec[0] in (1, 2, 3, 8)}
+
+
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("name", [*FAST, *SLOW])
+@pytest.mark.parametrize("name", GPU)
 def test_direct_kernels_meet_the_bound_cuda(name: str) -> None:
-    check(errors(*{**FAST, **SLOW}[name], device="cuda"), name)
+    check(errors(*GPU[name], device="cuda"), name)
 
 
 @pytest.mark.gpu
