@@ -26,6 +26,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from genmod.ops._triton_profiles import log2_profile, neg2_dlog_profile
+
 __all__ = ["lse_bwd_x_kernel", "lse_bwd_y_kernel"]
 
 
@@ -52,6 +54,7 @@ def lse_bwd_x_kernel(
     num_n_blocks,
     DIRECT: tl.constexpr,
     DIM: tl.constexpr,
+    PROFILE: tl.constexpr,
     NEED_GRAD: tl.constexpr,
     HAS_EXCLUDE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -77,6 +80,8 @@ def lse_bwd_x_kernel(
     xx = tl.sum(x * x, axis=1)
     lse = tl.load(lse_ptr + b * N + offs_n, mask=mask_n, other=float("inf"))
     k = tl.load(k_ptr)
+    k_ln2 = k * 0.6931471805599453  # 1 / s^2 as the forward forms it
+    inv_s2 = tl.load(inv_s2_ptr)
     if HAS_EXCLUDE:
         excl = tl.load(excl_ptr + b * N + offs_n, mask=mask_n, other=-1)
 
@@ -96,7 +101,10 @@ def lse_bwd_x_kernel(
                 yd = tl.load(y_rows + d, mask=mask_m, other=0.0)
                 diff = xd[:, None] - yd[None, :]
                 d2 += diff * diff
-            t = cy[None, :] - (0.5 * k) * d2 - lse[:, None]
+            if PROFILE == 0:
+                t = cy[None, :] - (0.5 * k) * d2 - lse[:, None]
+            else:
+                t = cy[None, :] + log2_profile(d2 * k_ln2, PROFILE) - lse[:, None]
         else:
             y = tl.load(y_rows[:, None] + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
                         other=0.0)  # fmt: skip
@@ -108,6 +116,8 @@ def lse_bwd_x_kernel(
             t = tl.where(offs_m[None, :] == excl[:, None], float("-inf"), t)
         p = tl.exp2(t)
         row_sum += tl.sum(p, axis=1)
+        if DIRECT and PROFILE != 0:  # q_ij = p_ij (-2 f'(r2_ij)); the gaussian's factor is 1
+            p = p * neg2_dlog_profile(d2 * k_ln2, PROFILE)
         row_d2 += tl.sum(p * d2, axis=1)
         if NEED_GRAD:
             if DIRECT:
@@ -124,7 +134,6 @@ def lse_bwd_x_kernel(
 
     g = tl.load(g_ptr + b * N + offs_n, mask=mask_n, other=0.0)
     if NEED_GRAD:
-        inv_s2 = tl.load(inv_s2_ptr)
         if DIRECT:
             gx = (-g * inv_s2)[:, None] * py
         else:
@@ -156,6 +165,7 @@ def lse_bwd_y_kernel(
     num_m_blocks,
     DIRECT: tl.constexpr,
     DIM: tl.constexpr,
+    PROFILE: tl.constexpr,
     NEED_GRAD: tl.constexpr,
     HAS_EXCLUDE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -177,6 +187,8 @@ def lse_bwd_y_kernel(
     y = tl.load(y_rows[:, None] + offs_d[None, :], mask=mask_y, other=0.0)
     cy = tl.load(cy_ptr + b * M + offs_m, mask=mask_m, other=float("-inf"))
     k = tl.load(k_ptr)
+    k_ln2 = k * 0.6931471805599453  # 1 / s^2 as the forward forms it
+    inv_s2 = tl.load(inv_s2_ptr)
 
     x_base = x_ptr + b * stride_xb
     col_sum = tl.zeros([BLOCK_M], dtype)
@@ -194,7 +206,10 @@ def lse_bwd_y_kernel(
                 xd = tl.load(x_rows + d, mask=mask_n, other=0.0)
                 diff = xd[None, :] - yd[:, None]
                 d2 += diff * diff
-            t = cy[:, None] - (0.5 * k) * d2 - lse[None, :]
+            if PROFILE == 0:
+                t = cy[:, None] - (0.5 * k) * d2 - lse[None, :]
+            else:
+                t = cy[:, None] + log2_profile(d2 * k_ln2, PROFILE) - lse[None, :]
         else:
             x = tl.load(x_rows[:, None] + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :],
                         other=0.0)  # fmt: skip
@@ -207,6 +222,8 @@ def lse_bwd_y_kernel(
         col_sum += tl.sum(p, axis=1)
         if NEED_GRAD:
             if DIRECT:
+                if PROFILE != 0:
+                    p = p * neg2_dlog_profile(d2 * k_ln2, PROFILE)
                 # px accumulates sum_i P_ij (x_i - y_j), one column of the tile per dimension.
                 for d in tl.static_range(DIM):
                     yd = tl.load(y_rows + d, mask=mask_m, other=0.0)
@@ -217,7 +234,6 @@ def lse_bwd_y_kernel(
                 px = tl.dot(p.to(dtype), x, px, input_precision=PRECISION, out_dtype=dtype)
 
     if NEED_GRAD:
-        inv_s2 = tl.load(inv_s2_ptr)
         gy = inv_s2 * px if DIRECT else inv_s2 * (px - y * col_sum[:, None])
         gy_ptrs = gy_ptr + b * stride_yb + offs_m[:, None].to(tl.int64) * stride_ym
         tl.store(gy_ptrs + offs_d[None, :], gy, mask=mask_y)

@@ -15,12 +15,16 @@ With ``DIRECT`` (low dimensions, ``D = DIM <= 8``; see ``_triton_dispatch.DIRECT
 kernel forms ``||x_i - y_j||^2`` from explicit differences, one pass per dimension over the tile,
 and the exponent is ``cy_j - (k / 2) ||x_i - y_j||^2`` with ``cy_j = log2(e) w_j`` and
 ``cx_i = 0``: no cancellation, so each score is exact to a few float32 roundings of itself.
+The direct kernels also serve the other kernel profiles (``PROFILE``, see ``_triton_profiles``):
+the exponent is then ``cy_j + log2 k(|x_i - y_j| / s)``.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from genmod.ops._triton_profiles import log2_profile
 
 __all__ = ["lse_fwd_kernel"]
 
@@ -45,6 +49,7 @@ def lse_fwd_kernel(
     num_n_blocks,
     DIRECT: tl.constexpr,
     DIM: tl.constexpr,
+    PROFILE: tl.constexpr,
     HAS_EXCLUDE: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -89,7 +94,10 @@ def lse_fwd_kernel(
                 yd = tl.load(y_rows + d, mask=mask_m, other=0.0)
                 diff = xd[:, None] - yd[None, :]
                 d2 += diff * diff
-            t = cy[None, :] - (0.5 * k) * d2
+            if PROFILE == 0:
+                t = cy[None, :] - (0.5 * k) * d2
+            else:  # k ln 2 = 1 / s^2
+                t = cy[None, :] + log2_profile(d2 * (k * 0.6931471805599453), PROFILE)
         else:
             y = tl.load(y_rows[:, None] + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
                         other=0.0)  # fmt: skip

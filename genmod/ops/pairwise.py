@@ -27,11 +27,13 @@ PRECISIONS = ("auto", "ieee", "tf32x3", "tf32")
 def _use_triton(backend: str, kernel: str, x: Tensor) -> bool:
     if backend == "torch":
         return False
-    ok = kernel == "gaussian" and _triton_dispatch.available(x)
+    direct = x.shape[-1] <= _triton_dispatch.DIRECT_MAX_DIM
+    ok = (kernel == "gaussian" or direct) and _triton_dispatch.available(x)
     if backend == "triton" and not ok:
         raise ValueError(
-            "backend='triton' needs the gaussian kernel, float32 input and triton on a CUDA "
-            "device (or TRITON_INTERPRET=1)"
+            "backend='triton' needs the gaussian kernel (any kernel at D <= "
+            f"{_triton_dispatch.DIRECT_MAX_DIM}), float32 input and triton on a CUDA device "
+            "(or TRITON_INTERPRET=1)"
         )
     return ok
 
@@ -70,7 +72,8 @@ def pairwise_logsumexp(
             ``r >= 1``; a row with no reference in reach is ``-inf``).
         exclude: ``[..., N]`` integer index of a reference point to leave out of each
             query's sum (``-1`` for none); leave-one-out densities use it.
-        backend: ``"auto"`` (Triton on CUDA for float32 gaussian, else blocked torch),
+        backend: ``"auto"`` (Triton on CUDA for float32, gaussian at any D <= 256 and every
+            kernel at D <= 8; else blocked torch),
             ``"torch"`` or ``"triton"``.
         precision: matrix-unit precision of the Triton kernel (which takes float32):
             ``"auto"`` (``"tf32x3"``), ``"ieee"`` (full float32 on the FMA units),
@@ -143,7 +146,7 @@ def pairwise_logsumexp(
             lw = x3.new_zeros(B, M)
         if precision == "auto":
             precision = "tf32x3" if x3.dtype == torch.float32 else "ieee"
-        out = triton_pairwise_lse(x3, y3, scale_t, lw, ex, precision=precision)
+        out = triton_pairwise_lse(x3, y3, scale_t, lw, ex, precision=precision, kernel=kernel)
     else:
         out = _blocked.BlockedPairwiseLSE.apply(x3, y3, scale_t, lw, ex, kernel)
     # Expanded rows are checked and refined (float64 rows too, for tiny bandwidths); the
