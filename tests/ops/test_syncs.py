@@ -129,3 +129,28 @@ def test_sync_count_does_not_grow_with_tiles_cuda(dim: int, backend: str) -> Non
         counts.append((n, runtime))
         assert n <= MAX_SYNCS and runtime <= MAX_SYNCS, (budget, n, runtime, ops)
     assert counts[0] == counts[1], counts
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dim", [2, 6])
+def test_tile_loop_never_syncs_cuda(dim: int) -> None:
+    """The blocked torch path itself (no input checks, no refinement) under
+    ``set_sync_debug_mode("error")``: forward and backward with ``exclude`` in 1 and in many
+    tiles raise on any synchronisation."""
+    from genmod.ops._blocked import BlockedPairwiseLSE
+
+    x, y, ex = case(dim, "cuda", torch.float32)
+    for budget in (1 << 28, 16384):
+        xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        scale = torch.tensor(0.5, device="cuda", requires_grad=True)
+        set_tile_budget(budget)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = BlockedPairwiseLSE.apply(xs[None], ys[None], scale, None, ex[None], "gaussian")
+            out.sum().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            set_tile_budget(None)
+        assert torch.isfinite(xs.grad).all() and torch.isfinite(scale.grad)
