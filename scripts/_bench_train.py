@@ -6,9 +6,10 @@ with one extra callback, :class:`StepTimer`, added through Hydra
 (``+callbacks.step_timer._target_=_bench_train.StepTimer``). The callback writes its figures to
 a JSON file after the first step, every 25 steps and at the end of each epoch, so a run cut
 short by its timeout still reports what it measured. Steps are timed on the host from the
-end of the first step to the start of the first validation (or the epoch's end); the timer
-synchronises CUDA only there and every 25 steps, so it adds no per-step sync of its own. An
-epoch's time includes its validation.
+end of the first step to the end of the last one before the first validation (or the epoch's
+end); the timer synchronises CUDA after the first step, every 25 steps and at epoch ends, so
+it adds no per-step sync of its own (a short run's last steps may still be queued on the GPU
+when timed). An epoch's time includes its validation.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class StepTimer(pl.Callback):
         self.path = os.environ.get("GENMOD_STEP_TIMER_OUT")
         self.t0 = float(os.environ.get("GENMOD_STEP_TIMER_T0", time.time()))
         self.res: dict[str, Any] = {"steps": 0, "epochs": []}
-        self.epoch_start = 0.0
+        self.epoch_start = self.last_end = 0.0
         self.mark: tuple[int, float] | None = None
 
     def _sync(self, module: pl.LightningModule) -> None:
@@ -78,6 +79,7 @@ class StepTimer(pl.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: D102
         self.res["steps"] += 1
+        self.last_end = time.time()
         steps = self.res["steps"]
         if steps == 1:
             self._sync(module)
@@ -91,11 +93,11 @@ class StepTimer(pl.Callback):
             self._write()
 
     def _steps_done(self, module: pl.LightningModule) -> None:
-        """Per step from the mark to now (the training steps' work, synchronised)."""
-        self._sync(module)
+        """Per step from the mark to the last step's end (not to now: setting up validation,
+        its data loader workers included, is no training step's work)."""
         if self.mark is not None and self.res["steps"] > self.mark[0]:
             n0, t0 = self.mark
-            self.res["step"] = (time.time() - t0) / (self.res["steps"] - n0)
+            self.res["step"] = (self.last_end - t0) / (self.res["steps"] - n0)
         self.mark = None  # later epochs are timed as a whole, not per step
 
     def on_validation_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -104,6 +106,7 @@ class StepTimer(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._steps_done(module)
+        self._sync(module)
         self.res["epochs"].append(time.time() - self.epoch_start)
         self._write()
 
