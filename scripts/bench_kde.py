@@ -14,6 +14,10 @@ Usage::
     python scripts/bench_kde.py --device cuda    # CUDA sizes, rewrites the CUDA section
     python scripts/bench_kde.py --lowd           # 1-3 dimensions (issue 12), own doc section
     python scripts/bench_kde.py --quick          # a smoke test at tiny sizes (writes nothing)
+    python scripts/bench_kde.py --train --device cuda   # genmod-train timings (own section)
+
+A peer that crashes (KeOps segfaults on some CUDA images) gives a row saying so; the table
+and the targets are rewritten after every size, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -38,8 +42,16 @@ SIZES = {
     "cuda": "100000x100000x64,1000000x1000000x64",
     # issue 12's low-dimensional shapes, each at the bandwidth the issue measured it at
     "cpu-lowd": "20000x20000x1@0.05,20000x20000x2@0.1,20000x20000x3@0.2",
+    # issue 13: a KDE training step's shape (256 queries, 160k references, the learned h),
+    # then issue 12's shapes, on the explicit-difference Triton kernels
+    "cuda-lowd": "256x160000x2@0.04,20000x20000x1@0.05,20000x20000x2@0.1,20000x20000x3@0.2",
 }
-QUICK = {"cpu": "1000x1500x16", "cuda": "20000x30000x64", "cpu-lowd": "3000x3000x2@0.1"}
+QUICK = {
+    "cpu": "1000x1500x16",
+    "cuda": "20000x30000x64",
+    "cpu-lowd": "3000x3000x2@0.1",
+    "cuda-lowd": "256x20000x2@0.04",
+}
 
 
 def parse_sizes(text: str) -> list[tuple[int, int, int, float | None]]:
@@ -66,7 +78,8 @@ def bandwidth(spec: str, m: int, d: int) -> float:
 def tools_for(args: argparse.Namespace, n: int, m: int) -> list[str]:
     """The tools that run at one size, in table order, restricted to ``--tools``."""
     if args.device == "cuda" and n * m > BIG_PAIRS:
-        tools = ["genmod", *GRADS, "keops"] + (PRECISION_ROWS if args.precisions else [])
+        # the issues' targets there: the forward's time and memory, the bandwidth step
+        tools = ["genmod", "genmod-bwd-h", "keops"]
     else:
         tools = ["genmod", *GRADS, "sklearn", "scipy", "keops", "torch-naive"]
         tools += ["floor-gemm", "floor-exp"]
@@ -178,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--lowd",
         action="store_true",
-        help="issue 12's 1-3 dimensional sizes (CPU), written to their own doc section",
+        help="issue 12's 1-3 dimensional sizes (and on CUDA issue 13's KDE step), written to "
+        "their own doc section",
     )
     p.add_argument("--sizes", help="comma-separated NxMxD (default: the issue's sizes)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test (< 30 s)")
@@ -195,6 +209,11 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=60.0,
         help="a tool whose full call would take longer is extrapolated from fewer rows",
+    )
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="time genmod-train runs (start-up, per step, per epoch) instead of the kernel",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per tool process")
@@ -219,37 +238,86 @@ def main(argv: list[str] | None = None) -> None:
         print("note: --precisions concerns the CUDA kernel only; ignored on CPU", file=sys.stderr)
     out = args.out or (None if args.quick else str(ROOT / "docs" / "benchmarks.md"))
     section = f"{args.device}-lowd" if args.lowd else args.device
-    if args.lowd and args.device != "cpu":
-        p.error("--lowd: the low-dimensional sizes are CPU sizes")
-    sizes = parse_sizes(args.sizes or (QUICK if args.quick else SIZES)[section])
+    section = f"{args.device}-train" if args.train else section
+    sizes = (
+        [] if args.train else parse_sizes(args.sizes or (QUICK if args.quick else SIZES)[section])
+    )
     if str(ROOT) not in sys.path:  # run from a checkout without installing genmod
         sys.path.insert(0, str(ROOT))
     load = os.getloadavg()[0]
     info = bu.run_child(bu.machine_info, args.device, args.timeout)
     if "error" in info:
         raise SystemExit(f"--device {args.device}: {info['error']}")
-    rows = []
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = " ".join(["python scripts/bench_kde.py", *(argv if argv is not None else sys.argv[1:])])
+    head = [f"Measured {stamp} with `{cmd}`.", f"Machine: {machine_line(info, load)}."]
+    if args.train:
+        body = "\n\n".join([*head, train_rows(args, out, section, head)])
+        print(body)
+        return
+    rows: list[dict] = []
     for hspec in args.bandwidths.split(","):
         for n, m, d, h in sizes:
             rows += run_size(args, (n, m, d), h or bandwidth(hspec.strip(), m, d))
+            report(rows, args, out, section, head, final=False)
         if all(h is not None for *_, h in sizes):
             break  # every size has its own bandwidth
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = " ".join(["python scripts/bench_kde.py", *(argv if argv is not None else sys.argv[1:])])
+    print(report(rows, args, out, section, head, final=True))
+    if out:
+        print(f"\nwrote the {section} section of {out}", file=sys.stderr)
+
+
+def report(
+    rows: list[dict],
+    args: argparse.Namespace,
+    out: str | None,
+    section: str,
+    head: list[str],
+    final: bool,
+) -> str:
+    """The section's text (table and targets), written to ``out`` (also while the run goes
+    on: a run cut short keeps its rows). A failure in the targets is reported in their place,
+    never losing the table."""
+    try:
+        lines = targets(rows, args.device)
+    except Exception as err:  # noqa: BLE001 - the table must survive a bug in the targets
+        lines = [f"targets failed: {type(err).__name__}: {err}"]
+    issue = 12 if args.lowd else (13 if args.device == "cuda" else 5)
+    status = "" if final else " (run in progress: sizes after the last row are missing)"
     body = "\n\n".join(
         [
-            f"Measured {stamp} with `{cmd}`.",
-            f"Machine: {machine_line(info, load)}.",
+            *head,
             table(rows),
-            f"Targets of issue {12 if args.lowd else 5} (ratios from this run):\n\n```\n"
-            + "\n".join(targets(rows, args.device))
+            f"Targets of issue {issue} (ratios from this run){status}:\n\n```\n"
+            + "\n".join(lines)
             + "\n```",
         ]
     )
-    print(body)
     if out:
         write_doc(Path(out), section, body)
-        print(f"\nwrote the {section} section of {out}", file=sys.stderr)
+    return body
+
+
+def train_rows(args: argparse.Namespace, out: str | None, section: str, head: list[str]) -> str:
+    """``--train``: time the ``genmod-train`` runs of ``_bench_train.RUNS`` (the GPU commands
+    on CUDA; on CPU only with ``--quick``, as tiny CPU versions that check the machinery)."""
+    import _bench_train as bt
+
+    results: dict[str, tuple[str, dict]] = {}
+    for label, (gpu_cmd, cpu_cmd, timeout) in bt.RUNS.items():
+        if args.device == "cpu" and not args.quick:
+            results[label] = (gpu_cmd, {"skipped": "skipped: no CUDA device (a GPU row)"})
+            continue
+        cmd = gpu_cmd if args.device == "cuda" else cpu_cmd
+        res = bt.run_training(cmd, min(timeout, args.timeout))
+        results[label] = (cmd, res)
+        print(f"  train {label}: {res}", file=sys.stderr, flush=True)
+        if out:
+            write_doc(Path(out), section, "\n\n".join([*head, bt.train_table(results)]))
+    text = bt.train_table(results)
+    if out:
+        write_doc(Path(out), section, "\n\n".join([*head, text]))
+    return text
 
 
 if __name__ == "__main__":

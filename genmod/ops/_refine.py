@@ -10,6 +10,16 @@ small bandwidth, in many dimensions. For such a row the dominant point ``y*`` sa
 estimate ``err_i = 2 c_D eps (|x_i| + |y*|)^2 / (2 s^2)`` (``c_D`` below). Rows with
 ``err_i > TOL * max(1, |out_i|)`` are recomputed (forward and backward) in float64.
 Typical rows far from every reference point are never touched.
+
+Explicit differences (the Triton kernels at D <= 8) have no cancellation: a score
+``w - |x - y|^2 / (2 s^2)`` errs by about ``(D + 4) eps`` relative to itself (D + 1 roundings
+in the sum of squared differences, the scale, the base-2 exponent and exp2/log2), and the
+dominant terms' scores are bounded by ``|max(lw)| + reach``; only rows whose bound exceeds the
+tolerance (huge weights or overflow) are recomputed.
+
+All flagged rows are recomputed in one batched float64 call (rows gathered per batch element
+and padded to the largest count), with a constant number of host synchronisations per call
+whatever the number of rows or tiles.
 """
 
 from __future__ import annotations
@@ -29,17 +39,23 @@ __all__ = ["error_estimate", "refine_rows", "TOL"]
 TOL = 5e-5
 
 
-def error_estimate(out: Tensor, x: Tensor, scale: Tensor, lw: Tensor | None, M: int) -> Tensor:
+def error_estimate(
+    out: Tensor, x: Tensor, scale: Tensor, lw: Tensor | None, M: int, direct: bool = False
+) -> Tensor:
     """``[B, N]`` float64 estimate of each row's rounding error (nats) from the expansion,
     ``2 c_D eps (|x_i| + |y*|)^2 / (2 s^2)`` with ``|y*|`` bounded as in the module docstring
     and ``c_D = max(1, sqrt(D / 32))``; x and y centred as ``pairwise_logsumexp`` passes them.
+    With ``direct`` (explicit differences): ``(D + 4) eps (|max(lw)| + reach)``.
     """
     with torch.no_grad():
         eps = torch.finfo(x.dtype).eps
-        s2 = float(scale.detach()) ** 2
+        s2 = scale.detach().double().square()
         o = out.detach().double()
         lw_max = 0.0 if lw is None else lw.detach().amax(dim=1, keepdim=True).double()
         reach = (lw_max - o + math.log(M)).clamp_min(0.0)
+        if direct:
+            lw_abs = 0.0 if lw is None else lw_max.abs()
+            return (x.shape[-1] + 4) * eps * (reach + lw_abs)
         x_norm = x.detach().double().norm(dim=-1)
         y_far = x_norm + (2.0 * s2 * reach).sqrt()
         # A dot product sums D rounded products: beyond 32 dimensions the measured error
@@ -48,14 +64,28 @@ def error_estimate(out: Tensor, x: Tensor, scale: Tensor, lw: Tensor | None, M: 
         return 2.0 * dim_factor * eps * (x_norm + y_far).square() / (2.0 * s2)
 
 
-def _flag_rows(out: Tensor, x: Tensor, scale: Tensor, lw: Tensor | None, M: int) -> Tensor:
+def _flag_rows(
+    out: Tensor, x: Tensor, scale: Tensor, lw: Tensor | None, M: int, direct: bool = False
+) -> Tensor:
     """``[B, N]`` mask of rows whose estimated rounding error exceeds the tolerance."""
-    err = error_estimate(out, x, scale, lw, M)
+    err = error_estimate(out, x, scale, lw, M, direct)
     o = out.detach().double()
     # NaN and +inf only come from overflow (inputs are finite): |x|^2 / s^2 beyond the
     # dtype's range.
     overflow = o.isnan() | (o == math.inf)
     return overflow | (torch.isfinite(o) & (err > TOL * o.abs().clamp_min(1.0)))
+
+
+def _gather(flags: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Row indices ``[B, K]`` with each batch element's flagged rows first (K the largest
+    count; one host synchronisation) and the ``[B, K]`` mask of the real ones; None if none."""
+    counts = flags.sum(dim=1)
+    k = int(counts.max()) if counts.numel() else 0
+    if k == 0:
+        return None
+    order = torch.argsort((~flags).to(torch.int8), dim=1, stable=True)[:, :k]
+    valid = torch.arange(k, device=flags.device) < counts.unsqueeze(1)
+    return order, valid
 
 
 def _recompute(
@@ -65,25 +95,33 @@ def _recompute(
     lw: Tensor | None,
     exclude: Tensor | None,
     kernel: str,
-    b: int,
     rows: Tensor,
     direct: bool,
 ) -> Tensor:
-    """Rows ``rows`` of batch ``b`` in float64 ``[1, len(rows)]`` (differentiable), from the
-    uncentred inputs: centring rounds each point by up to ``eps |x - c| / 2``, which no
+    """Rows ``rows`` (``[B, K]``) in float64 ``[B, K]`` (differentiable), from the uncentred
+    inputs, in one call: centring rounds each point by up to ``eps |x - c| / 2``, which no
     recomputation of the centred points undoes. The expansion centres again in float64;
     explicit differences (``direct``) need no centring at all."""
-    yb = y[b].double()
-    centre = torch.zeros_like(yb[0]) if direct else yb.detach().mean(dim=0)
+    y64 = y.double()
+    xs = x.gather(1, rows.unsqueeze(2).expand(-1, -1, x.shape[2])).double()
+    if not direct:
+        centre = y64.detach().mean(dim=1, keepdim=True)
+        xs, y64 = xs - centre, y64 - centre
     return BlockedPairwiseLSE.apply(
-        (x[b, rows].double() - centre).unsqueeze(0),
-        (yb - centre).unsqueeze(0),
+        xs,
+        y64,
         scale.double(),
-        None if lw is None else lw[b].double().unsqueeze(0),
-        None if exclude is None else exclude[b, rows].unsqueeze(0),
+        None if lw is None else lw.double(),
+        None if exclude is None else exclude.gather(1, rows),
         kernel,
         direct,
     )
+
+
+def _replace(out: Tensor, rows: Tensor, valid: Tensor, new: Tensor) -> Tensor:
+    """``out`` with ``out[b, rows[b, k]] = new[b, k]`` where ``valid[b, k]`` (differentiable)."""
+    kept = out.gather(1, rows)
+    return out.scatter(1, rows, torch.where(valid, new.to(out.dtype), kept))
 
 
 def refine_rows(
@@ -95,6 +133,7 @@ def refine_rows(
     exclude: Tensor | None,
     kernel: str,
     raw: tuple[Tensor, Tensor],
+    direct: bool = False,
 ) -> Tensor:
     """Return ``out`` with flagged rows replaced by a float64 recomputation (differentiable
     too, so their gradients are float64-accurate as well).
@@ -104,24 +143,22 @@ def refine_rows(
     which flagged rows are recomputed from. A flagged float32 row is recomputed by the
     float64 expansion; where even that may miss the tolerance (bandwidths so small that
     ``eps_64 (|x| + |y*|)^2 / (2 s^2)`` matters), and for flagged float64 rows, by explicit
-    differences, which have no cancellation at all.
+    differences, which have no cancellation at all. ``direct``: ``out`` came from explicit
+    differences (see the module docstring); its flagged rows are recomputed the same way.
     """
-    flags = _flag_rows(out, x, scale, lw, y.shape[1])
-    if not bool(flags.any()):
+    picked = _gather(_flag_rows(out, x, scale, lw, y.shape[1], direct))
+    if picked is None:
         return out
-    out = out.clone()
-    wide = x.dtype == torch.float64
-    for b in flags.any(dim=1).nonzero(as_tuple=True)[0].tolist():
-        rows = flags[b].nonzero(as_tuple=True)[0]
-        ref = _recompute(*raw, scale, lw, exclude, kernel, b, rows, direct=wide)
-        if not wide:
-            x64 = x[b, rows].double().unsqueeze(0)
-            lw64 = None if lw is None else lw[b].double().unsqueeze(0)
-            again = _flag_rows(ref, x64, scale.double(), lw64, y.shape[1])[0]
-            if bool(again.any()):
-                ref = ref.clone()
-                ref[0, again] = _recompute(
-                    *raw, scale, lw, exclude, kernel, b, rows[again], direct=True
-                )[0]
-        out[b, rows] = ref[0].to(out.dtype)
-    return out
+    rows, valid = picked
+    wide = direct or x.dtype == torch.float64
+    ref = _recompute(*raw, scale, lw, exclude, kernel, rows, direct=wide)
+    if not wide:
+        x64 = x.gather(1, rows.unsqueeze(2).expand(-1, -1, x.shape[2])).double()
+        lw64 = None if lw is None else lw.double()
+        again = _gather(_flag_rows(ref, x64, scale.double(), lw64, y.shape[1]) & valid)
+        if again is not None:
+            sub, sub_valid = again
+            sub_rows = rows.gather(1, sub)
+            exact = _recompute(*raw, scale, lw, exclude, kernel, sub_rows, direct=True)
+            ref = _replace(ref, sub, sub_valid, exact)
+    return _replace(out, rows, valid, ref)

@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from genmod.ops._triton_dispatch import DIRECT_MAX_DIM
 from genmod.ops._triton_launch import interpreting, launch
+from genmod.ops.profiles import KERNELS
 
 __all__ = ["PRECISIONS", "triton_available", "triton_pairwise_lse"]
 
@@ -43,10 +45,14 @@ def triton_available(device: torch.device) -> bool:
     return torch.device(device).type == "cuda" or interpreting()
 
 
-def _prepare(x: Tensor, y: Tensor, scale: Tensor, log_weights: Tensor):
-    """Per-point terms of the split exponent (base 2); see ``_triton_fwd``."""
+def _prepare(x: Tensor, y: Tensor, scale: Tensor, log_weights: Tensor, direct: bool):
+    """Per-point terms of the split exponent (base 2); see ``_triton_fwd``. With ``direct``
+    the kernels form ``|x - y|^2`` themselves: ``cy = log2(e) w``, ``cx = 0``."""
     s = scale.detach().to(device=x.device, dtype=x.dtype).reshape(1)
     k = _LOG2E / (s * s)
+    if direct:
+        cy = _LOG2E * log_weights.detach()
+        return k, cy, cy.contiguous(), x.new_zeros(x.shape[:2])
     yy = (y * y).sum(-1)
     cy = _LOG2E * log_weights.detach() - 0.5 * k * yy
     cx = -0.5 * k * (x * x).sum(-1)
@@ -63,12 +69,14 @@ class _PairwiseLSE(torch.autograd.Function):
         log_weights: Tensor,
         exclude: Tensor | None,
         precision: str,
+        profile: int,
     ) -> Tensor:
         from genmod.ops._triton_fwd import lse_fwd_kernel
 
         batch, n, dim = x.shape
         m = y.shape[1]
-        k, yy, cy, cx = _prepare(x, y, scale, log_weights)
+        direct = dim <= DIRECT_MAX_DIM
+        k, yy, cy, cx = _prepare(x, y, scale, log_weights, direct)
         out = torch.empty(batch, n, dtype=x.dtype, device=x.device)
         lse = torch.empty_like(out)
         if batch * n > 0:
@@ -76,10 +84,13 @@ class _PairwiseLSE(torch.autograd.Function):
                 lse_fwd_kernel, "fwd", precision, x, n, "BLOCK_N",
                 (x, y, cx, cy, k, exclude if exclude is not None else out, out, lse,
                  n, m, dim, x.stride(0), x.stride(1), y.stride(0), y.stride(1)),
-                HAS_EXCLUDE=exclude is not None, PRECISION=precision,
+                DIRECT=direct, DIM=dim, PROFILE=profile, HAS_EXCLUDE=exclude is not None,
+                PRECISION=precision,
             )  # fmt: skip
         ctx.save_for_backward(x, y, scale, yy, cy, lse, exclude)
         ctx.precision = precision
+        ctx.direct = direct
+        ctx.profile = profile
         return out
 
     @staticmethod
@@ -98,7 +109,8 @@ class _PairwiseLSE(torch.autograd.Function):
         # Rows with no admissible term have lse = -inf; +inf makes every p_ij = 2^-inf = 0.
         lse = lse.masked_fill(lse == -math.inf, math.inf)
         excl = exclude if exclude is not None else lse
-        flags = dict(HAS_EXCLUDE=exclude is not None, PRECISION=ctx.precision)
+        flags = dict(DIRECT=ctx.direct, DIM=dim, PROFILE=ctx.profile,
+                     HAS_EXCLUDE=exclude is not None, PRECISION=ctx.precision)  # fmt: skip
         args = (n, m, dim, x.stride(0), x.stride(1), y.stride(0), y.stride(1))
         grad_x = grad_y = grad_s = grad_w = None
         if need_x or need_s:
@@ -130,14 +142,27 @@ class _PairwiseLSE(torch.autograd.Function):
                 gy, gw = gy.zero_() if need_y else gy, gw.zero_()
             grad_y = gy if need_y else None
             grad_w = gw if need_w else None
-        return grad_x, grad_y, grad_s, grad_w, None, None
+        return grad_x, grad_y, grad_s, grad_w, None, None, None
 
 
 def _check(
-    x: Tensor, y: Tensor, scale: Tensor, log_weights: Tensor, exclude: Tensor | None, precision: str
+    x: Tensor,
+    y: Tensor,
+    scale: Tensor,
+    log_weights: Tensor,
+    exclude: Tensor | None,
+    precision: str,
+    kernel: str,
 ) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel != "gaussian" and x.shape[-1] > DIRECT_MAX_DIM:
+        raise ValueError(
+            f"kernel={kernel!r} needs D <= {DIRECT_MAX_DIM} for the Triton backend (the "
+            f"explicit-difference kernels), got D={x.shape[-1]}"
+        )
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"x must be float32 or float64 for the Triton backend, got {x.dtype}")
     if y.dtype != x.dtype or log_weights.dtype != x.dtype:
@@ -186,8 +211,9 @@ def triton_pairwise_lse(
     log_weights: Tensor,
     exclude: Tensor | None = None,
     precision: str = "ieee",
+    kernel: str = "gaussian",
 ) -> Tensor:
-    """Fused Gaussian pairwise logsumexp on CUDA with Triton.
+    """Fused pairwise logsumexp on CUDA with Triton (Gaussian; any kernel at D <= 8).
 
     ``out[b, i] = logsumexp_{j != exclude[b, i]} (log_weights[b, j]
     - ||x[b, i] - y[b, j]||^2 / (2 scale^2))``, in nats, computed blockwise with a running
@@ -195,8 +221,10 @@ def triton_pairwise_lse(
     admissible term is ``-inf`` (with zero gradients), never NaN. Memory is O((N + M) D) in
     forward and backward; the backward recomputes the block scores.
 
-    The squared distance is expanded as ``|x|^2 + |y|^2 - 2 x.y`` with the product on the matrix
-    units, so the caller should centre x and y (``genmod.ops.pairwise_logsumexp`` does).
+    Above ``D = DIRECT_MAX_DIM`` (8) the squared distance is expanded as
+    ``|x|^2 + |y|^2 - 2 x.y`` with the product on the matrix units, so the caller should centre
+    x and y there (``genmod.ops.pairwise_logsumexp`` does); at ``D <= 8`` the kernels form
+    explicit differences, which need no centring and lose no accuracy to cancellation.
 
     Args:
         x: Queries ``[B, N, D]``, float32 or float64, 1 <= D <= 256.
@@ -206,7 +234,10 @@ def triton_pairwise_lse(
         exclude: Optional int64 ``[B, N]``: index of the y left out for each query, -1 for none.
         precision: Float32 product mode: ``"ieee"`` (full fp32), ``"tf32x3"`` (split 3xTF32) or
             ``"tf32"`` (fast, about 1e-3 relative error in the distances; opt-in). Float64
-            inputs always use full precision.
+            inputs always use full precision; the explicit-difference kernels use no product.
+        kernel: one of :data:`genmod.ops.profiles.KERNELS` (``log k`` of ``|x - y| / scale``
+            replaces the gaussian's ``-|x - y|^2 / (2 scale^2)``); other than the gaussian only
+            at ``D <= 8``.
 
     Returns:
         ``[B, N]`` log-sum-exp values, differentiable w.r.t. x, y, scale and log_weights.
@@ -215,10 +246,10 @@ def triton_pairwise_lse(
         ValueError: if shapes, dtypes, devices or ``precision`` are unsupported (callers fall
             back to the torch path), naming the argument.
     """
-    _check(x, y, scale, log_weights, exclude, precision)
+    _check(x, y, scale, log_weights, exclude, precision, kernel)
     if x.dtype == torch.float64:
         precision = "ieee"
     x, y, log_weights = x.contiguous(), y.contiguous(), log_weights.contiguous()
     if exclude is not None:
         exclude = exclude.contiguous()
-    return _PairwiseLSE.apply(x, y, scale, log_weights, exclude, precision)
+    return _PairwiseLSE.apply(x, y, scale, log_weights, exclude, precision, KERNELS.index(kernel))

@@ -14,12 +14,19 @@ logsumexp ``lse`` (``+inf`` where a row had no admissible term, which makes its 
 ``lse_bwd_x_kernel`` streams y past a block of x (row sums: dL/dx and the per-row part of
 dL/ds); ``lse_bwd_y_kernel`` streams x past a block of y (column sums: dL/dy and dL/dw). Each
 output element is written by exactly one program, so the result is deterministic.
+
+With ``DIRECT`` (``D = DIM <= 8``) the kernels form ``x_i - y_j`` per dimension, as the forward
+does: the scores from explicit differences, and the gradients as ``sum_j P_ij (x_i - y_j)``
+instead of ``x_i sum_j P_ij - sum_j P_ij y_j``, which cancels when the neighbours of ``x_i``
+lie within a few bandwidths of it and far from the origin.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from genmod.ops._triton_profiles import log2_profile, neg2_dlog_profile
 
 __all__ = ["lse_bwd_x_kernel", "lse_bwd_y_kernel"]
 
@@ -45,6 +52,9 @@ def lse_bwd_x_kernel(
     stride_yb,
     stride_ym,
     num_n_blocks,
+    DIRECT: tl.constexpr,
+    DIM: tl.constexpr,
+    PROFILE: tl.constexpr,
     NEED_GRAD: tl.constexpr,
     HAS_EXCLUDE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -65,11 +75,13 @@ def lse_bwd_x_kernel(
     mask_x = mask_n[:, None] & mask_d[None, :]
     dtype = x_ptr.dtype.element_ty
 
-    x_ptrs = x_ptr + b * stride_xb + offs_n[:, None].to(tl.int64) * stride_xn + offs_d[None, :]
-    x = tl.load(x_ptrs, mask=mask_x, other=0.0)
+    x_rows = x_ptr + b * stride_xb + offs_n.to(tl.int64) * stride_xn
+    x = tl.load(x_rows[:, None] + offs_d[None, :], mask=mask_x, other=0.0)
     xx = tl.sum(x * x, axis=1)
     lse = tl.load(lse_ptr + b * N + offs_n, mask=mask_n, other=float("inf"))
     k = tl.load(k_ptr)
+    k_ln2 = k * 0.6931471805599453  # 1 / s^2 as the forward forms it
+    inv_s2 = tl.load(inv_s2_ptr)
     if HAS_EXCLUDE:
         excl = tl.load(excl_ptr + b * N + offs_n, mask=mask_n, other=-1)
 
@@ -80,25 +92,52 @@ def lse_bwd_x_kernel(
     for start in range(0, M, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
-        y_ptrs = y_base + offs_m[:, None].to(tl.int64) * stride_ym + offs_d[None, :]
-        y = tl.load(y_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        y_rows = y_base + offs_m.to(tl.int64) * stride_ym
         cy = tl.load(cy_ptr + b * M + offs_m, mask=mask_m, other=float("-inf"))
-        yy = tl.load(yy_ptr + b * M + offs_m, mask=mask_m, other=0.0)
-        xy = tl.dot(x, tl.trans(y), input_precision=PRECISION, out_dtype=dtype)
-        t = cy[None, :] + k * xy - lse[:, None]
+        if DIRECT:
+            d2 = tl.zeros([BLOCK_N, BLOCK_M], dtype)
+            for d in tl.static_range(DIM):
+                xd = tl.load(x_rows + d, mask=mask_n, other=0.0)
+                yd = tl.load(y_rows + d, mask=mask_m, other=0.0)
+                diff = xd[:, None] - yd[None, :]
+                d2 += diff * diff
+            if PROFILE == 0:
+                t = cy[None, :] - (0.5 * k) * d2 - lse[:, None]
+            else:
+                t = cy[None, :] + log2_profile(d2 * k_ln2, PROFILE) - lse[:, None]
+        else:
+            y = tl.load(y_rows[:, None] + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
+                        other=0.0)  # fmt: skip
+            yy = tl.load(yy_ptr + b * M + offs_m, mask=mask_m, other=0.0)
+            xy = tl.dot(x, tl.trans(y), input_precision=PRECISION, out_dtype=dtype)
+            t = cy[None, :] + k * xy - lse[:, None]
+            d2 = tl.maximum(xx[:, None] + yy[None, :] - 2.0 * xy, 0.0)
         if HAS_EXCLUDE:
             t = tl.where(offs_m[None, :] == excl[:, None], float("-inf"), t)
         p = tl.exp2(t)
-        d2 = tl.maximum(xx[:, None] + yy[None, :] - 2.0 * xy, 0.0)
         row_sum += tl.sum(p, axis=1)
+        if DIRECT and PROFILE != 0:  # q_ij = p_ij (-2 f'(r2_ij)); the gaussian's factor is 1
+            p = p * neg2_dlog_profile(d2 * k_ln2, PROFILE)
         row_d2 += tl.sum(p * d2, axis=1)
         if NEED_GRAD:
-            py = tl.dot(p.to(dtype), y, py, input_precision=PRECISION, out_dtype=dtype)
+            if DIRECT:
+                # py accumulates sum_j p_ij (x_i - y_j), one column of the tile per dimension.
+                for d in tl.static_range(DIM):
+                    xd = tl.load(x_rows + d, mask=mask_n, other=0.0)
+                    yd = tl.load(y_rows + d, mask=mask_m, other=0.0)
+                    pd = tl.sum(p * (xd[:, None] - yd[None, :]), axis=1)
+                    py += tl.where(offs_d[None, :] == d, pd[:, None], 0.0)
+            else:
+                py = tl.dot(p.to(dtype), tl.load(y_rows[:, None] + offs_d[None, :],
+                            mask=mask_m[:, None] & mask_d[None, :], other=0.0), py,
+                            input_precision=PRECISION, out_dtype=dtype)  # fmt: skip
 
     g = tl.load(g_ptr + b * N + offs_n, mask=mask_n, other=0.0)
     if NEED_GRAD:
-        inv_s2 = tl.load(inv_s2_ptr)
-        gx = (-g * inv_s2)[:, None] * (x * row_sum[:, None] - py)
+        if DIRECT:
+            gx = (-g * inv_s2)[:, None] * py
+        else:
+            gx = (-g * inv_s2)[:, None] * (x * row_sum[:, None] - py)
         gx_ptrs = gx_ptr + b * stride_xb + offs_n[:, None].to(tl.int64) * stride_xn
         tl.store(gx_ptrs + offs_d[None, :], gx, mask=mask_x)
     tl.store(sd_ptr + b * N + offs_n, g * row_d2, mask=mask_n)
@@ -124,6 +163,9 @@ def lse_bwd_y_kernel(
     stride_yb,
     stride_ym,
     num_m_blocks,
+    DIRECT: tl.constexpr,
+    DIM: tl.constexpr,
+    PROFILE: tl.constexpr,
     NEED_GRAD: tl.constexpr,
     HAS_EXCLUDE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -141,10 +183,12 @@ def lse_bwd_y_kernel(
     mask_y = mask_m[:, None] & mask_d[None, :]
     dtype = y_ptr.dtype.element_ty
 
-    y_ptrs = y_ptr + b * stride_yb + offs_m[:, None].to(tl.int64) * stride_ym + offs_d[None, :]
-    y = tl.load(y_ptrs, mask=mask_y, other=0.0)
+    y_rows = y_ptr + b * stride_yb + offs_m.to(tl.int64) * stride_ym
+    y = tl.load(y_rows[:, None] + offs_d[None, :], mask=mask_y, other=0.0)
     cy = tl.load(cy_ptr + b * M + offs_m, mask=mask_m, other=float("-inf"))
     k = tl.load(k_ptr)
+    k_ln2 = k * 0.6931471805599453  # 1 / s^2 as the forward forms it
+    inv_s2 = tl.load(inv_s2_ptr)
 
     x_base = x_ptr + b * stride_xb
     col_sum = tl.zeros([BLOCK_M], dtype)
@@ -152,23 +196,45 @@ def lse_bwd_y_kernel(
     for start in range(0, N, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        x_ptrs = x_base + offs_n[:, None].to(tl.int64) * stride_xn + offs_d[None, :]
-        x = tl.load(x_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        x_rows = x_base + offs_n.to(tl.int64) * stride_xn
         lse = tl.load(lse_ptr + b * N + offs_n, mask=mask_n, other=float("inf"))
         g = tl.load(g_ptr + b * N + offs_n, mask=mask_n, other=0.0)
-        yx = tl.dot(y, tl.trans(x), input_precision=PRECISION, out_dtype=dtype)
-        t = cy[:, None] + k * yx - lse[None, :]
+        if DIRECT:
+            d2 = tl.zeros([BLOCK_M, BLOCK_N], dtype)
+            for d in tl.static_range(DIM):
+                yd = tl.load(y_rows + d, mask=mask_m, other=0.0)
+                xd = tl.load(x_rows + d, mask=mask_n, other=0.0)
+                diff = xd[None, :] - yd[:, None]
+                d2 += diff * diff
+            if PROFILE == 0:
+                t = cy[:, None] - (0.5 * k) * d2 - lse[None, :]
+            else:
+                t = cy[:, None] + log2_profile(d2 * k_ln2, PROFILE) - lse[None, :]
+        else:
+            x = tl.load(x_rows[:, None] + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :],
+                        other=0.0)  # fmt: skip
+            yx = tl.dot(y, tl.trans(x), input_precision=PRECISION, out_dtype=dtype)
+            t = cy[:, None] + k * yx - lse[None, :]
         if HAS_EXCLUDE:
             excl = tl.load(excl_ptr + b * N + offs_n, mask=mask_n, other=-1)
             t = tl.where(offs_m[:, None] == excl[None, :], float("-inf"), t)
         p = tl.exp2(t) * g[None, :]
         col_sum += tl.sum(p, axis=1)
         if NEED_GRAD:
-            px = tl.dot(p.to(dtype), x, px, input_precision=PRECISION, out_dtype=dtype)
+            if DIRECT:
+                if PROFILE != 0:
+                    p = p * neg2_dlog_profile(d2 * k_ln2, PROFILE)
+                # px accumulates sum_i P_ij (x_i - y_j), one column of the tile per dimension.
+                for d in tl.static_range(DIM):
+                    yd = tl.load(y_rows + d, mask=mask_m, other=0.0)
+                    xd = tl.load(x_rows + d, mask=mask_n, other=0.0)
+                    pd = tl.sum(p * (xd[None, :] - yd[:, None]), axis=1)
+                    px += tl.where(offs_d[None, :] == d, pd[:, None], 0.0)
+            else:
+                px = tl.dot(p.to(dtype), x, px, input_precision=PRECISION, out_dtype=dtype)
 
     if NEED_GRAD:
-        inv_s2 = tl.load(inv_s2_ptr)
-        gy = inv_s2 * (px - y * col_sum[:, None])
+        gy = inv_s2 * px if DIRECT else inv_s2 * (px - y * col_sum[:, None])
         gy_ptrs = gy_ptr + b * stride_yb + offs_m[:, None].to(tl.int64) * stride_ym
         tl.store(gy_ptrs + offs_d[None, :], gy, mask=mask_y)
     tl.store(gw_ptr + b * M + offs_m, col_sum, mask=mask_m)

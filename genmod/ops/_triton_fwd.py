@@ -10,12 +10,21 @@ written anywhere. The exponent is split as
 with ``cx_i = -log2(e) |x_i|^2 / (2 s^2)``, ``cy_j = log2(e) (w_j - |y_j|^2 / (2 s^2))`` and
 ``k = log2(e) / s^2`` precomputed by the caller, so each pair costs one fused multiply-add on top
 of the tensor-core product, and the reduction runs in base 2 (``exp2``/``log2``).
+
+With ``DIRECT`` (low dimensions, ``D = DIM <= 8``; see ``_triton_dispatch.DIRECT_MAX_DIM``) the
+kernel forms ``||x_i - y_j||^2`` from explicit differences, one pass per dimension over the tile,
+and the exponent is ``cy_j - (k / 2) ||x_i - y_j||^2`` with ``cy_j = log2(e) w_j`` and
+``cx_i = 0``: no cancellation, so each score is exact to a few float32 roundings of itself.
+The direct kernels also serve the other kernel profiles (``PROFILE``, see ``_triton_profiles``):
+the exponent is then ``cy_j + log2 k(|x_i - y_j| / s)``.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from genmod.ops._triton_profiles import log2_profile
 
 __all__ = ["lse_fwd_kernel"]
 
@@ -38,6 +47,9 @@ def lse_fwd_kernel(
     stride_yb,
     stride_ym,
     num_n_blocks,
+    DIRECT: tl.constexpr,
+    DIM: tl.constexpr,
+    PROFILE: tl.constexpr,
     HAS_EXCLUDE: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -57,8 +69,10 @@ def lse_fwd_kernel(
     mask_d = offs_d < D
     dtype = x_ptr.dtype.element_ty
 
-    x_ptrs = x_ptr + b * stride_xb + offs_n[:, None].to(tl.int64) * stride_xn + offs_d[None, :]
-    x = tl.load(x_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    x_rows = x_ptr + b * stride_xb + offs_n.to(tl.int64) * stride_xn
+    if not DIRECT:
+        x = tl.load(x_rows[:, None] + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :],
+                    other=0.0)  # fmt: skip
     k = tl.load(k_ptr)
     if HAS_EXCLUDE:
         excl = tl.load(excl_ptr + b * N + offs_n, mask=mask_n, other=-1)
@@ -70,11 +84,25 @@ def lse_fwd_kernel(
     for start in range(0, M, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
-        y_ptrs = y_base + offs_m[:, None].to(tl.int64) * stride_ym + offs_d[None, :]
-        y = tl.load(y_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        y_rows = y_base + offs_m.to(tl.int64) * stride_ym
         # Out-of-range columns get cy = -inf, so they drop out without a per-pair mask.
         cy = tl.load(cy_base + offs_m, mask=mask_m, other=float("-inf"))
-        t = cy[None, :] + k * tl.dot(x, tl.trans(y), input_precision=PRECISION, out_dtype=dtype)
+        if DIRECT:
+            d2 = tl.zeros([BLOCK_N, BLOCK_M], dtype)
+            for d in tl.static_range(DIM):
+                xd = tl.load(x_rows + d, mask=mask_n, other=0.0)
+                yd = tl.load(y_rows + d, mask=mask_m, other=0.0)
+                diff = xd[:, None] - yd[None, :]
+                d2 += diff * diff
+            if PROFILE == 0:
+                t = cy[None, :] - (0.5 * k) * d2
+            else:  # k ln 2 = 1 / s^2
+                t = cy[None, :] + log2_profile(d2 * (k * 0.6931471805599453), PROFILE)
+        else:
+            y = tl.load(y_rows[:, None] + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
+                        other=0.0)  # fmt: skip
+            t = cy[None, :] + k * tl.dot(x, tl.trans(y), input_precision=PRECISION,
+                                         out_dtype=dtype)  # fmt: skip
         if HAS_EXCLUDE:
             t = tl.where(offs_m[None, :] == excl[:, None], float("-inf"), t)
         m_new = tl.maximum(m_i, tl.max(t, axis=1))

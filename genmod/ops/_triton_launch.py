@@ -32,6 +32,9 @@ def cdiv(a: int, b: int) -> int:
 # largest tiles for which ptxas needs no register spill (the least spill where every candidate
 # spills, D >= 128) and shared memory stays under 227 KiB. "bwd_x" is the kernel that also
 # forms dL/dx; without it (a bandwidth step) the x-side backward uses the forward's tiles.
+# The tf32x3 backward at D = 64 is from the H200 sweep of 2026-12-04 (100k x 100k, times with
+# the 17 ms forward): bwd_x (128, 64, 8, 2) 72.9 ms against 91.5 ms for (128, 32, 8, 2),
+# bwd_y (64, 64, 4, 2) 76.5 ms against 133 ms for (64, 32, 8, 2).
 _TILES: dict[str, dict[str, dict[int, tuple[int, int, int, int]]]] = {
     "fwd": {
         "ieee": {16: (128, 64, 8, 2), 32: (128, 64, 8, 2), 64: (128, 32, 8, 2),
@@ -44,7 +47,7 @@ _TILES: dict[str, dict[str, dict[int, tuple[int, int, int, int]]]] = {
     "bwd_x": {
         "ieee": {16: (128, 64, 8, 2), 32: (64, 64, 8, 2), 64: (64, 32, 8, 2),
                  128: (32, 64, 8, 2), 256: (32, 64, 8, 2)},
-        "tf32x3": {16: (128, 64, 8, 2), 32: (128, 32, 8, 2), 64: (128, 32, 8, 2),
+        "tf32x3": {16: (128, 64, 8, 2), 32: (128, 32, 8, 2), 64: (128, 64, 8, 2),
                    128: (64, 32, 8, 2), 256: (16, 64, 8, 2)},
         "tf32": {16: (128, 64, 8, 2), 32: (128, 64, 8, 2), 64: (128, 64, 8, 2),
                  128: (64, 32, 8, 2), 256: (64, 32, 8, 1)},
@@ -52,7 +55,7 @@ _TILES: dict[str, dict[str, dict[int, tuple[int, int, int, int]]]] = {
     "bwd_y": {
         "ieee": {16: (128, 64, 8, 2), 32: (128, 32, 8, 2), 64: (64, 32, 8, 2),
                  128: (64, 32, 8, 2), 256: (64, 16, 8, 2)},
-        "tf32x3": {16: (64, 64, 8, 2), 32: (64, 64, 8, 2), 64: (64, 32, 8, 2),
+        "tf32x3": {16: (64, 64, 8, 2), 32: (64, 64, 8, 2), 64: (64, 64, 4, 2),
                    128: (64, 32, 8, 2), 256: (64, 16, 8, 2)},
         "tf32": {16: (128, 64, 8, 2), 32: (128, 64, 8, 2), 64: (128, 64, 8, 2),
                  128: (64, 32, 8, 2), 256: (64, 32, 8, 1)},
@@ -60,8 +63,18 @@ _TILES: dict[str, dict[str, dict[int, tuple[int, int, int, int]]]] = {
 }  # fmt: skip
 
 
-def config(kernel: str, precision: str, dim: int, dtype: torch.dtype) -> dict[str, int]:
-    """Launch meta-parameters of ``kernel`` ("fwd", "bwd_x", "bwd_y") for data dimension ``dim``.
+# The explicit-difference kernels (D <= 8) use no matrix unit: a tile is D passes of FMAs
+# over BLOCK_N x BLOCK_M registers plus one exp2 per pair, whatever the precision. Not yet
+# swept on a GPU (scripts/gpu_check.sh times them); moderate tiles keep the live registers
+# (d2, t, p) at 32 per thread with 4 warps.
+_DIRECT_TILES = {"fwd": (64, 64, 4, 2), "bwd_x": (64, 64, 4, 2), "bwd_y": (64, 64, 4, 2)}
+
+
+def config(
+    kernel: str, precision: str, dim: int, dtype: torch.dtype, direct: bool = False
+) -> dict[str, int]:
+    """Launch meta-parameters of ``kernel`` ("fwd", "bwd_x", "bwd_y") for data dimension ``dim``
+    (``direct``: the explicit-difference kernels of D <= 8).
 
     Returns ``BLOCK_N``, ``BLOCK_M``, ``BLOCK_D`` (``dim`` padded to a power of two >= 16, the
     smallest matrix-unit operand), ``num_warps`` and ``num_stages``.
@@ -70,6 +83,8 @@ def config(kernel: str, precision: str, dim: int, dtype: torch.dtype) -> dict[st
     if interpreting():
         # Small tiles: several blocks and ragged edges are exercised at test sizes.
         block_n, block_m, warps, stages = 32, 16, 4, 1
+    elif direct:
+        block_n, block_m, warps, stages = _DIRECT_TILES[kernel]
     elif dtype == torch.float64:
         block_n, block_m, warps, stages = (64, 32, 4, 1) if block_d <= 128 else (32, 32, 4, 1)
     else:
@@ -112,7 +127,7 @@ def launch(
     """
     from triton.runtime.errors import OutOfResources
 
-    meta = config(name, precision, x.shape[-1], x.dtype)
+    meta = config(name, precision, x.shape[-1], x.dtype, bool(flags.get("DIRECT", False)))
     key = (id(kernel), name, precision, tuple(sorted(flags.items())), meta["BLOCK_D"], x.dtype,
            x.device)  # fmt: skip
     meta = _FITTED.get(key, meta)

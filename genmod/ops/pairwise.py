@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from genmod.ops import _blocked
+from genmod.ops import _blocked, _triton_dispatch
 from genmod.ops._refine import refine_rows
+from genmod.ops._triton_dispatch import DIRECT_MAX_DIM as TRITON_DIRECT_MAX_DIM
 from genmod.ops._validate import check_inputs
 from genmod.ops.profiles import KERNELS
 
@@ -26,13 +27,13 @@ PRECISIONS = ("auto", "ieee", "tf32x3", "tf32")
 def _use_triton(backend: str, kernel: str, x: Tensor) -> bool:
     if backend == "torch":
         return False
-    from genmod.ops import _triton_dispatch
-
-    ok = kernel == "gaussian" and _triton_dispatch.available(x)
+    direct = x.shape[-1] <= _triton_dispatch.DIRECT_MAX_DIM
+    ok = (kernel == "gaussian" or direct) and _triton_dispatch.available(x)
     if backend == "triton" and not ok:
         raise ValueError(
-            "backend='triton' needs the gaussian kernel, float32 input and triton on a CUDA "
-            "device (or TRITON_INTERPRET=1)"
+            "backend='triton' needs the gaussian kernel (any kernel at D <= "
+            f"{_triton_dispatch.DIRECT_MAX_DIM}), float32 input and triton on a CUDA device "
+            "(or TRITON_INTERPRET=1)"
         )
     return ok
 
@@ -71,7 +72,8 @@ def pairwise_logsumexp(
             ``r >= 1``; a row with no reference in reach is ``-inf``).
         exclude: ``[..., N]`` integer index of a reference point to leave out of each
             query's sum (``-1`` for none); leave-one-out densities use it.
-        backend: ``"auto"`` (Triton on CUDA for float32 gaussian, else blocked torch),
+        backend: ``"auto"`` (Triton on CUDA for float32, gaussian at any D <= 256 and every
+            kernel at D <= 8; else blocked torch),
             ``"torch"`` or ``"triton"``.
         precision: matrix-unit precision of the Triton kernel (which takes float32):
             ``"auto"`` (``"tf32x3"``), ``"ieee"`` (full float32 on the FMA units),
@@ -119,7 +121,10 @@ def pairwise_logsumexp(
     x3 = x.expand(*batch, N, D).reshape(B, N, D)
     y3 = y.expand(*batch, M, D).reshape(B, M, D)
     use_triton = _use_triton(backend, kernel, x3)
-    expands = use_triton or D > _blocked.DIRECT_MAX_DIM
+    # Explicit differences: the torch path at D <= 4, the Triton kernels at D <= 8 (see
+    # _triton_dispatch.DIRECT_MAX_DIM); everything else expands |x|^2 + |y|^2 - 2 x.y.
+    direct_max = TRITON_DIRECT_MAX_DIM if use_triton else _blocked.DIRECT_MAX_DIM
+    expands = x3.shape[-1] > direct_max
     raw = (x3, y3)
     if expands:
         # Distances are translation invariant: centring on the (detached) mean of y keeps
@@ -141,11 +146,14 @@ def pairwise_logsumexp(
             lw = x3.new_zeros(B, M)
         if precision == "auto":
             precision = "tf32x3" if x3.dtype == torch.float32 else "ieee"
-        out = triton_pairwise_lse(x3, y3, scale_t, lw, ex, precision=precision)
+        out = triton_pairwise_lse(x3, y3, scale_t, lw, ex, precision=precision, kernel=kernel)
     else:
         out = _blocked.BlockedPairwiseLSE.apply(x3, y3, scale_t, lw, ex, kernel)
-    # The Triton kernel expands |x - y|^2 at every D (the torch path above D = 4 only), so
-    # its rows are checked and refined at every D; float64 rows too, for tiny bandwidths.
+    # Expanded rows are checked and refined (float64 rows too, for tiny bandwidths); the
+    # Triton kernels' explicit differences are checked against their own, much smaller, error
+    # estimate (and for overflow), so only rows that truly need it are recomputed.
     if expands:
         out = refine_rows(out, x3, y3, scale_t, lw, ex, kernel, raw)
+    elif use_triton:
+        out = refine_rows(out, x3, y3, scale_t, lw, ex, kernel, raw, direct=True)
     return out.reshape(*batch, N)

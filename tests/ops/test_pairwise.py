@@ -185,7 +185,7 @@ def test_triton_precision_default(monkeypatch, dtype, precision, expected):
 
     seen = []
 
-    def fake(x, y, scale, lw, ex, precision):
+    def fake(x, y, scale, lw, ex, precision, kernel="gaussian"):
         seen.append(precision)
         return x.new_zeros(x.shape[:2])
 

@@ -1,0 +1,99 @@
+"""The benchmark machinery of ``scripts/`` survives its peers, and the kernels' imports stay
+lazy (issue 13: start-up pays only for what a run uses).
+
+The dry run of ``scripts/gpu_check.sh`` (no CUDA: collect, compose, tiny CPU versions) takes
+minutes on two shared cores, so it is ``slow``.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import _bench_targets as bt  # noqa: E402
+import _bench_util as bu  # noqa: E402
+
+
+def _segfault(_: object) -> None:
+    faulthandler.disable()  # no traceback dump from the child in the test log
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_crashing_peer_gives_a_row() -> None:
+    """A child that segfaults (KeOps on some CUDA images) yields an error, not a dead run."""
+    res = bu.run_child(_segfault, None, 60)
+    assert res == {"error": f"child died (exit code {-signal.SIGSEGV})"}
+
+
+def _row(tool: str, t: float, **extra) -> dict:
+    return {"size": (100000, 100000, 64), "h": 0.5, "tool": tool, "time": t, "note": [], **extra}
+
+
+def test_targets_with_derived_rows_and_a_failed_peer() -> None:
+    """The H200 run's rows (KeOps failed, every gradient set paired): no KeyError, issue 13's
+    bounds checked."""
+    rows = [
+        _row("genmod", 0.0176, err=1e-6),
+        _row("genmod-bwd", 0.203, paired=11.7, err=1.3e-4),
+        _row("genmod-bwd-h", 0.0366, paired=2.08, err=1e-7),
+        _row("genmod-bwd-yh", 0.151, paired=8.48, err=1e-7),
+        {"size": (100000, 100000, 64), "h": 0.5, "tool": "keops", "note": ["failed: died"]},
+    ]
+    lines = bt.targets(rows, "cuda")
+    text = "\n".join(lines)
+    assert "FAIL  100000x100000x64 h=0.5: genmod fwd time (s) = 0.0176 (target <= 0.01)" in text
+    assert "FAIL  100000x100000x64 h=0.5: genmod fwd+bwd (grad x, y, h) / fwd, paired = " in text
+    assert "n/a   100000x100000x64 h=0.5: KeOps / genmod fwd: not measured" in text
+    assert "info  100000x100000x64 h=0.5: genmod bwd / fwd" in text
+    assert any(line.startswith("FAIL") and "grad x, y, h) max rel. error" in line for line in lines)
+
+
+def test_importing_and_running_the_ops_stays_lazy() -> None:
+    """A CPU forward + backward imports neither triton nor TorchDynamo (whose import registers
+    about 130 custom ops: the start-up cost the H200 profile showed comes from Lightning's
+    import of it, not from genmod)."""
+    code = (
+        "import sys, torch, genmod\n"
+        "from genmod.ops import pairwise_logsumexp\n"
+        "x = torch.randn(50, 3, requires_grad=True)\n"
+        "pairwise_logsumexp(x, torch.randn(70, 3), 0.5, exclude=torch.arange(50)).sum()"
+        ".backward()\n"
+        "x = torch.randn(50, 9, requires_grad=True)\n"
+        "pairwise_logsumexp(x, torch.randn(70, 9), 0.5).sum().backward()\n"
+        "print(sorted(m for m in ('triton', 'torch._dynamo', 'lightning') if m in sys.modules))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the real checks")
+def test_gpu_check_dry_run(tmp_path: Path) -> None:
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        capture_output=True, text=True, env=env, timeout=3600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "dry run" in proc.stdout and "make gpu-wheels" in proc.stdout
+    doc = (tmp_path / "benchmarks.md").read_text()
+    for section in ("cpu", "cpu-lowd", "cpu-train"):
+        assert f"<!-- bench:{section}:begin -->" in doc
+    assert "| kde 200k (2-D moons) |" in doc and "| lvm_digits, 3 epochs |" in doc
