@@ -26,13 +26,13 @@ from genmod.training.build import (
     build_trainer,
     to_container,
 )
+from genmod.training.console import print_table
 from genmod.training.module import DensityModule
+from genmod.training.tensorboard import flat_hparams, log_hparams, write_layout
 
 __all__ = ["check_resumable", "resume_directory", "train", "write_metrics"]
 
 log = logging.getLogger(__name__)
-
-_HPARAM_METRICS = ("val/nll_best", "test/nll", "test/bpd")
 
 
 def _float(value: Any) -> Any:
@@ -64,14 +64,15 @@ def _relative(path: str | Path | None, root: Path) -> str | None:
 
 
 def _hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The configuration worth comparing runs by, for TensorBoard's HPARAMS tab."""
+    """The configuration worth comparing runs by, for TensorBoard's HPARAMS tab, flat and
+    spelled as overrides (``model.kernel``, ``trainer.max_epochs``), without ``_target_``."""
     keys = ("model", "data", "optimizer", "scheduler", "seed")
     params = {key: to_container(cfg.get(key)) for key in keys}
     params["trainer"] = {
         key: to_container(cfg.trainer.get(key))
         for key in ("max_epochs", "accelerator", "devices", "precision")
     }
-    return params
+    return flat_hparams(params)
 
 
 def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
@@ -81,20 +82,16 @@ def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
 def _log_final(
     trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any], summary: str
 ) -> str | None:
-    """Hyperparameters with the final metrics, and the summary as text, to TensorBoard;
-    returns the TensorBoard log directory (or ``None`` without a TensorBoard logger)."""
+    """Hyperparameters (their metric columns are the run's scalars: ``val/nll_best``,
+    ``test/nll``, ...) and the summary as text, to TensorBoard; returns the TensorBoard log
+    directory (or ``None`` without a TensorBoard logger)."""
     logdir = None
-    hp_metrics = {
-        f"hparams/{key.replace('/', '_')}": float(metrics[key])
-        for key in _HPARAM_METRICS
-        if isinstance(metrics.get(key), float | int)
-    }
     for logger in trainer.loggers:
         if not isinstance(logger, TensorBoardLogger):
             continue
         logdir = logdir or str(Path(logger.log_dir))
         if trainer.is_global_zero:
-            logger.log_hyperparams(_hparams(cfg), metrics=hp_metrics, step=trainer.global_step)
+            log_hparams(logger.experiment, _hparams(cfg), trainer.global_step)
             logger.experiment.add_text("summary", f"```\n{summary}\n```", trainer.global_step)
         logger.finalize("success")
     return logdir
@@ -233,6 +230,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(
         cfg.trainer, build_callbacks(cfg.get("callbacks")), build_loggers(cfg.get("logger"))
     )
+    if trainer.is_global_zero and ckpt_path is None:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                write_layout(logger.experiment)
     log.info(
         "Model: %s (%s), likelihood estimator: %s",
         type(module.model).__name__,
@@ -278,10 +279,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics["tensorboard"] = _relative(logdir, output_dir)
     if trainer.is_global_zero:
         write_metrics(output_dir / "metrics.json", metrics)
-        for line in summary.splitlines():
-            log.info(line)
         where = f"Run saved in {output_dir}"
         if logdir is not None:
             where += f"; see it with: tensorboard --logdir {logdir}"
-        log.info(where)
+        print_table(f"{summary}\n{where}", log)
     return metrics
