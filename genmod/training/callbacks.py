@@ -105,7 +105,8 @@ class DensityFigures(L.Callback):
         images = module.image_shape is not None
         generator = torch.Generator(device=device).manual_seed(self.seed)
         n = self.num_images if images else self.num_samples
-        samples = model.sample(n, generator=generator, **sample_kwargs(model, images))
+        kwargs = sample_kwargs(model, images)
+        samples = model.sample(n, generator=generator, **kwargs)
         samples = samples.float() * scale + mean
         shown = None
         if data is not None and len(data) > 0:
@@ -120,6 +121,10 @@ class DensityFigures(L.Callback):
             return torch.cat(chunks)
 
         label = f"{type(model).__name__}, {model.estimator}"
+        if images:
+            label += f": {n} {'decoded means' if kwargs.get('noise') is False else 'samples'}"
+        if title:
+            label = f"{label}, {title}" if images else f"{label}: {title}"
         dim = int(model.dim)
         heat = not images and dim <= 2
         return sample_figure(
@@ -127,7 +132,7 @@ class DensityFigures(L.Callback):
             image_shape=module.image_shape,
             data=shown,
             log_density=log_density if heat else None,
-            title=f"{label}: {title}" if title else label,
+            title=label,
         )
 
 

@@ -289,6 +289,7 @@ def find_runs(path: str | Path) -> list[Path]:
     runs = [p for p in path.iterdir() if p.is_dir() and _is_run(p)]
     if not runs:
         raise FileNotFoundError(f"no genmod runs (metrics.json or checkpoints/) under {path}")
+
     def job_order(p: Path) -> tuple[bool, int, str]:
         number = p.name.split("_", 1)[0]  # "3" or "3_model.kernel=tophat"
         return (not number.isdigit(), int(number) if number.isdigit() else 0, p.name)

@@ -31,7 +31,10 @@ LAYOUT = {
 expressions."""
 
 
-def _value(value: Any) -> int | float | str | bool:
+HParam = int | float | str | bool
+
+
+def _value(value: Any) -> HParam:
     """A hyperparameter as a user types it in an override: numbers and booleans as they are,
     ``null`` for None, lists and mappings in YAML-like flow style."""
     if isinstance(value, bool | int | float | str):
@@ -41,11 +44,11 @@ def _value(value: Any) -> int | float | str | bool:
     return json.dumps(value, default=str).replace('"', "")
 
 
-def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
+def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, HParam]:
     """``config`` flattened to ``{"model.kernel": "tophat", "optimizer.lr": 0.05, ...}``, the
     keys spelled as command-line overrides, without Hydra's ``_target_`` / ``_partial_``
     (or any key starting with ``_``); values by :func:`_value`."""
-    flat: dict[str, int | float | str | bool] = {}
+    flat: dict[str, HParam] = {}
     for key, value in config.items():
         if str(key).startswith("_"):
             continue
