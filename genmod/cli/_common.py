@@ -45,30 +45,16 @@ no ``none`` option) leaves the group out, as Hydra's ``~group`` does; Hydra itse
 null group override with a traceback."""
 
 
-def _swept_keys(argv: list[str]) -> set[str]:
-    """The keys a ``-m`` command line sweeps (``model.kernel=a,b``, ``x=range(...)``...)."""
-    parser = OverridesParser.create()
-    keys = set()
-    for arg in argv:
-        if arg.startswith("-"):
-            continue
-        try:
-            (override,) = parser.parse_overrides([arg])
-        except (HydraException, ValueError):
-            continue
-        if override.is_sweep_override():
-            keys.add(override.get_key_element())
-    return keys
-
-
 def sweep_subdir(job_num: Any, overrides: Any) -> str:
     """A sweep job's directory name: its number and the overrides that vary across the sweep,
     e.g. ``2_model.kernel=epanechnikov`` (used as ``hydra.sweep.subdir``; TensorBoard names
     the run after it). The varying keys are the ones swept on the command line; when none
     is found there (a sweeper that takes its search space from the config), all of the
     job's overrides. ``/`` in values becomes ``_``; the name is cut at 120 characters."""
+    from genmod.training.tensorboard import swept_keys
+
     task = [str(o) for o in (overrides or [])]
-    swept = _swept_keys(sys.argv[1:])
+    swept = swept_keys(sys.argv[1:])
     parser = OverridesParser.create()
     chosen = []
     for item in task:

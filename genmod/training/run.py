@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from genmod.training.build import (
 )
 from genmod.training.console import print_table
 from genmod.training.module import DensityModule
-from genmod.training.tensorboard import flat_hparams, log_hparams, write_layout
+from genmod.training.tensorboard import flat_hparams, log_hparams, swept_keys, write_layout
 
 __all__ = ["check_resumable", "resume_directory", "train", "write_metrics"]
 
@@ -65,14 +66,31 @@ def _relative(path: str | Path | None, root: Path) -> str | None:
 
 def _hparams(cfg: DictConfig) -> dict[str, Any]:
     """The configuration worth comparing runs by, for TensorBoard's HPARAMS tab, flat and
-    spelled as overrides (``model.kernel``, ``trainer.max_epochs``), without ``_target_``."""
+    spelled as overrides (``model.kernel``, ``trainer.max_epochs``), without ``_target_``;
+    under Hydra also the config group choices (``model``: ``kde``, ``data``: ``moons``)."""
     keys = ("model", "data", "optimizer", "scheduler", "seed")
     params = {key: to_container(cfg.get(key)) for key in keys}
     params["trainer"] = {
         key: to_container(cfg.trainer.get(key))
         for key in ("max_epochs", "accelerator", "devices", "precision")
     }
-    return flat_hparams(params)
+    flat = flat_hparams(params)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        flat.update({g: str(choices[g]) for g in ("model", "data", "optimizer") if g in choices})
+    return flat
+
+
+def _sweep_dir() -> Path | None:
+    """The sweep directory when this run is a job of a Hydra multirun, else ``None``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).resolve()
 
 
 def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
@@ -91,7 +109,8 @@ def _log_final(
             continue
         logdir = logdir or str(Path(logger.log_dir))
         if trainer.is_global_zero:
-            log_hparams(logger.experiment, _hparams(cfg), trainer.global_step)
+            varying = swept_keys(sys.argv[1:]) if _sweep_dir() is not None else None
+            log_hparams(logger.experiment, _hparams(cfg), trainer.global_step, varying)
             logger.experiment.add_text("summary", f"```\n{summary}\n```", trainer.global_step)
         logger.finalize("success")
     return logdir
@@ -281,6 +300,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_metrics(output_dir / "metrics.json", metrics)
         where = f"Run saved in {output_dir}"
         if logdir is not None:
-            where += f"; see it with: tensorboard --logdir {logdir}"
+            sweep = _sweep_dir()
+            shown = f"{sweep} (the whole sweep)" if sweep is not None else logdir
+            where += f"; see it with: tensorboard --logdir {shown}"
         print_table(f"{summary}\n{where}", log)
     return metrics

@@ -19,7 +19,15 @@ from typing import Any
 from lightning.pytorch.loggers import TensorBoardLogger as _LightningTensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["LAYOUT", "TensorBoardLogger", "flat_hparams", "log_hparams", "write_layout"]
+__all__ = [
+    "LAYOUT",
+    "METRICS",
+    "TensorBoardLogger",
+    "flat_hparams",
+    "log_hparams",
+    "swept_keys",
+    "write_layout",
+]
 
 LAYOUT = {
     "NLL (nats per example, data units)": {
@@ -60,13 +68,67 @@ def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, HPara
     return flat
 
 
-def log_hparams(writer: SummaryWriter, params: dict[str, Any], step: int = 0) -> None:
+METRICS = ("val/nll_best", "test/nll", "test/nll_se", "test/bpd", "val/nll", "train/nll")
+"""The HPARAMS tab's metric columns, in this order, in a sweep (their last values)."""
+
+
+def swept_keys(argv: list[str]) -> set[str]:
+    """The keys a ``-m`` command line sweeps (``model.kernel=a,b``, ``x=range(...)``...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    keys = set()
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except (HydraException, ValueError):
+            continue
+        if override.is_sweep_override():
+            keys.add(override.get_key_element())
+    return keys
+
+
+def _experiment(summary: Any, varying: set[str]) -> Any:
+    """The experiment summary of ``torch.utils.tensorboard.summary.hparams`` rewritten for a
+    sweep: the swept hyperparameters first and marked as differing (the tab shows the first
+    few), the metric columns :data:`METRICS`."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    value = summary.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    infos = [
+        api_pb2.HParamInfo.FromString(i.SerializeToString()) for i in data.experiment.hparam_infos
+    ]
+    infos.sort(key=lambda info: (info.name not in varying, info.name))
+    for info in infos:
+        info.differs = info.name in varying
+    data.experiment.ClearField("hparam_infos")
+    data.experiment.hparam_infos.extend(infos)
+    data.experiment.ClearField("metric_infos")
+    data.experiment.metric_infos.extend(
+        api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in METRICS
+    )
+    value.metadata.plugin_data.content = data.SerializeToString()
+    return summary
+
+
+def log_hparams(
+    writer: SummaryWriter, params: dict[str, Any], step: int = 0, varying: set[str] | None = None
+) -> None:
     """Write the run's hyperparameters (a flat dict) and a successful-run status for the
-    HPARAMS tab, without an experiment definition (see the module docstring)."""
+    HPARAMS tab. Outside a sweep (``varying`` None) no experiment definition is written, so
+    TensorBoard builds it from all runs under ``--logdir`` (differing hyperparameters first,
+    every scalar a metric). In a sweep, each job writes the same definition: the swept keys
+    ``varying`` first, then the rest, and the metric columns :data:`METRICS`."""
     from torch.utils.tensorboard.summary import hparams
 
-    _, start, end = hparams(params, {})
+    experiment, start, end = hparams(params, {})
     file_writer = writer._get_file_writer()
+    if varying is not None:
+        file_writer.add_summary(_experiment(experiment, varying), step)
     file_writer.add_summary(start, step)
     file_writer.add_summary(end, step)
 

@@ -218,3 +218,26 @@ def test_a_long_title_of_an_image_grid_is_wrapped_inside_the_figure():
     box = fig._suptitle.get_window_extent(canvas.get_renderer())
     assert box.x0 >= 0 and box.x1 <= fig.bbox.width
     assert fig._suptitle.get_text().replace("\n", " ") == title
+
+
+def test_a_sweep_job_defines_the_experiment_with_the_swept_keys_and_nll_columns_first(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from genmod.training.tensorboard import METRICS, log_hparams
+
+    params = {"data.n_samples": 400, "model.kernel": "tophat", "seed": 0, "model": "kde"}
+    writer = SummaryWriter(str(tmp_path))
+    log_hparams(writer, params, 3, varying={"model.kernel"})
+    writer.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    blobs = [
+        plugin_data_pb2.HParamsPluginData.FromString(blob)
+        for blob in acc.PluginTagToContent("hparams").values()
+    ]
+    (experiment,) = [b.experiment for b in blobs if b.HasField("experiment")]
+    names = [info.name for info in experiment.hparam_infos]
+    assert names == ["model.kernel", "data.n_samples", "model", "seed"]
+    assert [info.differs for info in experiment.hparam_infos] == [True, False, False, False]
+    assert [m.name.tag for m in experiment.metric_infos] == list(METRICS)
+    assert METRICS[0] == "val/nll_best"
