@@ -12,6 +12,7 @@ model's samples beside the test points. Written small (< 150 KB) for the reposit
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +40,7 @@ def train_default(root: Path) -> Path:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(
             "train",
-            overrides=[f"paths.output_dir={run}", "logger=null", "~callbacks.density_figures"],
+            overrides=[f"paths.output_dir={run}", "~logger", "~callbacks.density_figures"],
         )
     train(cfg)
     return run
@@ -59,9 +60,9 @@ def figure(run: Path, samples: int, seed: int):
             return torch.cat([model.log_prob(part) for part in x.split(4096)])
 
     inner = model.model
-    h = float(inner.bandwidth.mean()) if hasattr(inner, "bandwidth") else None
+    h = float(inner.bandwidth.detach().mean()) if hasattr(inner, "bandwidth") else None
     title = f"{type(inner).__name__} ({getattr(inner, 'kernel', '')} kernel"
-    title += f", h = {h:.3f} standardised)" if h is not None else ")"
+    title += f", h = {h:.3f} in standardised units)" if h is not None else ")"
     return density_figure(log_density, test, drawn, grid_size=150, title=f"{title} on two moons")
 
 
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the run's progress lines
 
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run if args.run is not None else train_default(Path(tmp))

@@ -7,6 +7,7 @@ import logging
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -82,11 +83,15 @@ def test_log_reporter_throttles_by_elapsed_time():
 
 def test_reporting_installs_a_reporter_for_nested_calls_and_rejects_junk(kde):
     got: list[Update] = []
-    with reporting(got.append):
+
+    def reporter(update: Update) -> None:
+        got.append(update)
+
+    with reporting(reporter):
         with Task("outer", total=2) as task:
             task.update(2, value=1.0)
         log_likelihoods(kde, torch.randn(30, 2), batch_size=10)
-    assert resolve(None) is None
+    assert resolve(None) is not reporter  # the block's reporter is gone after it
     names = {u.task for u in got}
     assert names == {"outer", "log-likelihood of 30 examples (KDE)"}
     final = [u for u in got if u.finished and u.task.startswith("log-likelihood")][0]
@@ -241,3 +246,17 @@ def test_a_sweep_job_defines_the_experiment_with_the_swept_keys_and_nll_columns_
     assert [info.differs for info in experiment.hparam_infos] == [True, False, False, False]
     assert [m.name.tag for m in experiment.metric_infos] == list(METRICS)
     assert METRICS[0] == "val/nll_best"
+
+
+def test_reading_a_large_csv_reports_the_rows_read(tmp_path):
+    from genmod.data.files import load_array
+
+    path = tmp_path / "big.csv"
+    values = np.random.default_rng(0).normal(size=(40_001, 2))
+    np.savetxt(path, values, delimiter=",", header="a,b", comments="")
+    got: list[Update] = []
+    with reporting(got.append):
+        x = load_array(path)
+    assert x.shape == (40_001, 2)
+    assert [(u.done, u.finished) for u in got] == [(20_000, False), (40_000, False), (40_001, True)]
+    assert got[0].task == "reading big.csv" and got[0].unit == "row"
