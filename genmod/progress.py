@@ -177,10 +177,9 @@ class _BarReporter:
             )
             self._bars[update.task] = bar
         if bar is not None:
-            bar.update(update.done - bar.n)
             if update.info:
                 bar.set_postfix({k: _fmt(v) for k, v in update.info.items()}, refresh=False)
-            bar.refresh()
+            bar.update(update.done - bar.n)  # draws once the delay has passed
         if update.finished:
             if bar is not None:
                 bar.close()
