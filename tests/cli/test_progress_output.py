@@ -181,7 +181,6 @@ def test_sample_titles_say_what_they_show():
     assert sample_title("KDE", 1000, 64, False) == "KDE: 64 of 1000 samples"
 
 
-@pytest.mark.slow  # trains a latent-variable model (about 20 s); the title itself is tested above
 def test_sample_noise_false_of_a_latent_variable_model_is_titled_decoded_means(
     cli, tmp_path, monkeypatch
 ):
