@@ -134,6 +134,8 @@ class LogReporter:
                 return
         elif self.every > 0 and update.elapsed - (last or 0.0) < self.every:
             return
+        elif self.every > 0 and update.total and update.done >= update.total:
+            return  # all done: the finished line follows
         else:
             self._printed[update.task] = update.elapsed
         self.logger.info("%s", update)
