@@ -25,10 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 __all__ = [
+    "cli_reporter",
     "config_dir",
     "drop_null_groups",
     "hydra_entry",
     "one_line",
+    "sweep_subdir",
     "user_error",
 ]
 
@@ -41,6 +43,33 @@ OPTIONAL_GROUPS = ("callbacks", "debug", "experiment", "logger", "scheduler")
 """Config groups a run can go without: ``group=null`` (or ``group=none`` where the group has
 no ``none`` option) leaves the group out, as Hydra's ``~group`` does; Hydra itself refuses a
 null group override with a traceback."""
+
+
+def sweep_subdir(job_num: Any, overrides: Any) -> str:
+    """A sweep job's directory name: its number and the overrides that vary across the sweep,
+    e.g. ``2_model.kernel=epanechnikov`` (used as ``hydra.sweep.subdir``; TensorBoard names
+    the run after it). The varying keys are the ones swept on the command line; when none
+    is found there (a sweeper that takes its search space from the config), all of the
+    job's overrides. ``/`` in values becomes ``_``; the name is cut at 120 characters."""
+    from genmod.training.tensorboard import swept_keys
+
+    task = [str(o) for o in (overrides or [])]
+    swept = swept_keys(sys.argv[1:])
+    parser = OverridesParser.create()
+    chosen = []
+    for item in task:
+        try:
+            (override,) = parser.parse_overrides([item])
+            key = override.get_key_element()
+        except (HydraException, ValueError):
+            key = item.partition("=")[0]
+        if not swept or key in swept:
+            chosen.append(item)
+    name = "_".join([str(job_num), *chosen]).replace("/", "_").replace(os.sep, "_")
+    return name[:120]
+
+
+OmegaConf.register_new_resolver("genmod_sweep_subdir", sweep_subdir, replace=True)
 
 
 def config_dir(package: Path | None = None) -> Path:
@@ -155,12 +184,27 @@ def _remove_empty_run_dir() -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def cli_reporter() -> Any:
+    """The progress reporter of the command-line tools (:mod:`genmod.progress`): a live bar
+    on stdout when it is a terminal, else a line through the ``genmod.progress`` logger (the
+    console and the run's log) every ``GENMOD_PROGRESS_EVERY`` seconds; silent on the ranks
+    other than 0 of a multi-process run."""
+    from genmod.progress import LOGGER, console_reporter
+
+    if any(os.environ.get(key, "0") not in ("", "0") for key in ("RANK", "LOCAL_RANK")):
+        return None
+    return console_reporter(sys.stdout, log=LOGGER)
+
+
 def _guard(task: Callable[[DictConfig], Any], prog: str) -> Callable[[DictConfig], Any]:
     @functools.wraps(task)
     def guarded(cfg: DictConfig) -> Any:
+        from genmod.progress import reporting
+
         _route_lightning_logs()
         try:
-            return task(cfg)
+            with reporting(cli_reporter() or False):
+                return task(cfg)
         except Exception as err:
             if _full_error() or not user_error(err):
                 raise

@@ -75,6 +75,7 @@ def compare_task(cfg: DictConfig) -> dict[str, Any]:
 
     from genmod.models.io import load_model, read_genmod_entry
     from genmod.training.build import to_container
+    from genmod.training.console import print_table
     from genmod.training.evaluate import (
         checkpoint_split,
         estimator_label,
@@ -110,7 +111,8 @@ def compare_task(cfg: DictConfig) -> dict[str, Any]:
             )
 
     rows = []
-    for run, label, entry in zip(runs, _labels(runs), entries, strict=True):
+    for number, (run, label, entry) in enumerate(zip(runs, _labels(runs), entries, strict=True)):
+        log.info("Evaluating %s (%d of %d)", label, number + 1, len(runs))
         model = load_model(entry["path"], map_location=device)
         torch.manual_seed(cfg.seed)
         log_probs = log_likelihoods(
@@ -136,17 +138,15 @@ def compare_task(cfg: DictConfig) -> dict[str, Any]:
     )
 
     describe = datamodule.describe() if hasattr(datamodule, "describe") else str(data_config)
-    log.info("Evaluated on the %s split of %s", cfg.split, describe)
-    for text in _table(order, cfg.split).splitlines():
-        log.info(text)
-    stochastic = [r["label"] for r in rows if r["estimator"] != "exact"]
-    if stochastic:
-        log.info("Monte Carlo estimates (lower bounds in expectation): %s", ", ".join(stochastic))
     for row in rows:
         note = zero_density_note(row)
         if note:
             log.warning("%s: %s", row["label"], note)
-    log.info(line)
+    text = [f"Evaluated on the {cfg.split} split of {describe}", _table(order, cfg.split)]
+    stochastic = [r["label"] for r in rows if r["estimator"] != "exact"]
+    if stochastic:
+        text.append(f"Monte Carlo estimates (lower bounds in expectation): {', '.join(stochastic)}")
+    print_table("\n".join([*text, line]), log)
 
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

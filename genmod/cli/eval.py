@@ -29,6 +29,7 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
 
     from genmod.models.io import load_model, read_genmod_entry
     from genmod.training.build import to_container
+    from genmod.training.console import print_table
     from genmod.training.evaluate import (
         checkpoint_split,
         estimator_label,
@@ -67,25 +68,22 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(out / "eval.json", results)
-    log.info("%s (%s) on %s", results["model"], results["estimator"], results["data"])
     if cfg.split == "train" and results["model"] == "KDE":
         log.warning("a KDE's own training points include their own kernel: use val or test")
     note = zero_density_note(summary)
     if note:
         log.warning(note)
-        log.info("%s/nll = inf nats/example (%d examples)", cfg.split, summary["n"])
+    lines = [f"{results['model']} ({results['estimator']}) on {results['data']}"]
+    if note:
+        lines.append(f"{cfg.split}/nll = inf nats/example ({summary['n']} examples)")
     else:
-        log.info(
-            "%s/nll = %.4f +- %.4f nats/example (%d examples), %.4f bits/dim",
-            cfg.split,
-            summary["nll"],
-            summary["nll_se"],
-            summary["n"],
-            results[f"{cfg.split}/bpd"],
+        lines.append(
+            f"{cfg.split}/nll = {summary['nll']:.4f} +- {summary['nll_se']:.4f} nats/example "
+            f"({summary['n']} examples), {results[f'{cfg.split}/bpd']:.4f} bits/dim"
         )
-    for key, value in extra.items():
-        log.info("%s/%s = %.4f", cfg.split, key, value)
-    log.info("Results written to %s", out / "eval.json")
+    lines += [f"{cfg.split}/{key} = {value:.4f}" for key, value in extra.items()]
+    lines.append(f"Results written to {out / 'eval.json'}")
+    print_table("\n".join(lines), log)
     return results
 
 

@@ -17,9 +17,16 @@ from omegaconf import DictConfig
 
 from genmod.cli._common import hydra_entry
 
-__all__ = ["main", "sample_task"]
+__all__ = ["main", "sample_task", "sample_title"]
 
 log = logging.getLogger(__name__)
+
+
+def sample_title(model: str, n: int, shown: int, decoded_means: bool) -> str:
+    """The picture's title: what it shows, e.g. ``"LatentVariableModel: 64 of 1000 decoded
+    means"`` (``noise=false``: the decoder's means G(z), not samples of p(x))."""
+    count = f"{shown} of {n}" if shown < n else f"{n}"
+    return f"{model}: {count} {'decoded means' if decoded_means else 'samples'}"
 
 
 def sample_task(cfg: DictConfig) -> dict[str, Any]:
@@ -64,9 +71,10 @@ def sample_task(cfg: DictConfig) -> dict[str, Any]:
     def log_density(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([model.log_prob(part.to(device)).cpu() for part in x.split(4096)])
 
-    title = f"{type(model.model).__name__} ({model.estimator}): {n} samples"
+    shown = min(n, 64) if image_shape else n
+    title = sample_title(type(model.model).__name__, n, shown, kwargs.get("noise") is False)
     fig = sample_figure(
-        samples[:64] if image_shape else samples,
+        samples[:shown],
         image_shape=image_shape,
         data=data,
         log_density=log_density,

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genmod.progress import Task
+
 __all__ = ["DataError", "FILE_EXTENSIONS", "load_array"]
 
 FILE_EXTENSIONS: tuple[str, ...] = (".npy", ".npz", ".csv", ".pt")
@@ -112,8 +114,9 @@ def _is_number(field: str) -> bool:
     return True
 
 
-def _read_csv(path: Path) -> tuple[np.ndarray, list[int]]:
-    """Parse ``path``; return the values and the 1-based file line of each row."""
+def _read_csv(path: Path, task: Task | None = None) -> tuple[np.ndarray, list[int]]:
+    """Parse ``path``; return the values and the 1-based file line of each row (reporting
+    the rows read to ``task`` every 20000 rows)."""
     rows: list[list[float]] = []
     lines: list[int] = []
     width: int | None = None
@@ -142,6 +145,10 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int]]:
                     f"{path}: {what} at line {line_no} (row {len(rows)}, 0-based)"
                 ) from None
             lines.append(line_no)
+            if task is not None and len(rows) % 20000 == 0:
+                task.update(20000)
+    if task is not None:
+        task.done = len(rows)
     if not rows:
         return np.empty((0, width or 0)), lines
     return np.asarray(rows, dtype=np.float64), lines
@@ -149,7 +156,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int]]:
 
 def _read(path: Path, ext: str) -> tuple[Any, list[int] | None]:
     if ext == ".csv":
-        return _read_csv(path)
+        with Task(f"reading {path.name}", unit="row") as task:
+            return _read_csv(path, task if task.active else None)
     if ext == ".npy":
         return _read_npy(path), None
     if ext == ".npz":

@@ -14,6 +14,7 @@ from genmod.models.base import DensityModel, check_generator, check_points
 from genmod.models.kernels import check_kernel, kernel_variance, log_normalizer, sample_kernel
 from genmod.models.search import polish_log_bandwidth, search_log_bandwidth
 from genmod.ops import min_scale, pairwise_logsumexp
+from genmod.progress import Progress, Task
 
 __all__ = ["KDE"]
 
@@ -269,6 +270,7 @@ class KDE(DensityModel):
         *,
         bounds: tuple[float, float] | None = None,
         rtol: float = 1e-3,
+        progress: Progress = None,
     ) -> KDE:
         """Set ``h`` to maximise the leave-one-out likelihood of the reference set (default)
         or the mean log-likelihood of ``held_out``; returns ``self``.
@@ -290,6 +292,10 @@ class KDE(DensityModel):
                 default ``1e-3`` to ``1e2`` times the Scott rule rescaled to the kernel's
                 spread. A warning is raised when the optimum sits at a bound.
             rtol: relative tolerance on ``h``, in ``(0, 1)``.
+            progress: report each step's ``h`` (standardised units when trained by genmod's
+                loop) and objective (mean log-likelihood, nats): ``None`` silent unless a
+                reporter is active or logging asks (:mod:`genmod.progress`), ``True`` a bar
+                or lines on stderr, or a callable.
         """
         if held_out is not None:
             held_out = check_points(held_out, "held_out", self.dim).to(torch.float64)
@@ -328,9 +334,20 @@ class KDE(DensityModel):
         fast = self.data.dtype if self.data.dtype != torch.float64 else torch.float64
         polish = fast != torch.float64 and center.dim() == 0
         coarse = min(3.0 * rtol, 0.5) if polish else rtol
-        best = search_log_bandwidth(lambda t: objective(t, fast), center, bounds, rtol=coarse)
-        if polish:
-            best = polish_log_bandwidth(objective, best, center, bounds, rtol=rtol, coarse=coarse)
+        what = "held-out" if held_out is not None else "leave-one-out"
+        with Task(f"bandwidth search ({what} log-likelihood)", progress) as task:
+
+            def report(log_h: Tensor, value: Tensor) -> None:
+                task.update(h=float(log_h.exp().mean()), objective=float(value))
+
+            step = report if task.active else None
+            best = search_log_bandwidth(
+                lambda t: objective(t, fast), center, bounds, rtol=coarse, report=step
+            )
+            if polish:
+                best = polish_log_bandwidth(
+                    objective, best, center, bounds, rtol=rtol, coarse=coarse, report=step
+                )
         with torch.no_grad():
             self.log_bandwidth.copy_(best.to(self.log_bandwidth))
         return self

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from genmod.models.decoders import GaussianEncoder, gaussian_rsample, standard_normal_log_prob
 from genmod.ops import pairwise_logsumexp
+from genmod.progress import Task
 
 __all__ = ["decode_chunked", "prior_log_marginal", "importance_log_marginal"]
 
@@ -125,7 +126,8 @@ def importance_log_marginal(
     ``K`` draws per row are taken ``c = max(1, chunk_rows // n)`` at a time: each chunk's
     decoded points ``[n, c, D]`` meet ``x`` as ``[n, 1, D]`` through the kernel's batch
     dimensions, with ``log p(z) - log q(z | x)`` as log-weights, and the chunks' results are
-    combined by a logsumexp, so memory is ``O(n c D)`` without gradients.
+    combined by a logsumexp, so memory is ``O(n c D)`` without gradients. The draws done are
+    reported to the active progress reporter, if any (:mod:`genmod.progress`).
 
     Args:
         x: points ``[n, D]`` in the compute dtype.
@@ -144,10 +146,14 @@ def importance_log_marginal(
     sigma = noise_std.to(x.dtype)
     mean, log_var = encoder(x.to(noise_std.dtype))
     parts = []
-    for start in range(0, num_samples, chunk):
-        z, log_q = gaussian_rsample(mean, log_var, min(chunk, num_samples - start), generator)
-        log_w = (standard_normal_log_prob(z) - log_q).to(x.dtype)
-        qx, qy, scale = _kernel_inputs(x.unsqueeze(1), decode(z).to(x.dtype), sigma)
-        parts.append(pairwise_logsumexp(qx, qy, scale, log_w).squeeze(1))
+    name = f"importance sampling of {n} examples"
+    with Task(name, None, total=num_samples, unit="draw") as task:
+        for start in range(0, num_samples, chunk):
+            k = min(chunk, num_samples - start)
+            z, log_q = gaussian_rsample(mean, log_var, k, generator)
+            log_w = (standard_normal_log_prob(z) - log_q).to(x.dtype)
+            qx, qy, scale = _kernel_inputs(x.unsqueeze(1), decode(z).to(x.dtype), sigma)
+            parts.append(pairwise_logsumexp(qx, qy, scale, log_w).squeeze(1))
+            task.update(k)
     lse = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts, dim=-1), dim=-1)
     return lse - _log_normaliser(sigma, x.shape[-1]) - math.log(num_samples)

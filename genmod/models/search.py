@@ -26,6 +26,22 @@ __all__ = [
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
 
+Report = Callable[[Tensor, Tensor], None]
+"""``report(log_h, objective)``: called after every evaluation of a search's objective."""
+
+
+def _reported(objective: Callable[[Tensor], Tensor], report: Report | None) -> Any:
+    """``objective`` that also hands each ``(log h, value)`` to ``report`` (when given)."""
+    if report is None:
+        return objective
+
+    def reported(log_h: Tensor) -> Tensor:
+        value = objective(log_h)
+        report(log_h, value)
+        return value
+
+    return reported
+
 
 def _warn_at_bound(which: str) -> None:
     warnings.warn(
@@ -216,6 +232,7 @@ def search_log_bandwidth(
     bounds: Any = None,
     *,
     rtol: float = 1e-3,
+    report: Report | None = None,
 ) -> Tensor:
     """Maximise ``objective(log h)`` (a 0-d float64 tensor) and return the best ``log h``.
 
@@ -223,11 +240,13 @@ def search_log_bandwidth(
     default range spans ``1e-3`` to ``1e2`` times ``h``; ``bounds = (low, high)`` on ``h``
     (scalars, or ``D`` values each for diagonal) replaces it. Isotropic: :func:`maximize_scalar`.
     Diagonal: :func:`maximize_scalar` over a common shift ``log h = center + s``, then
-    :func:`maximize_vector` over all ``log h_d``.
+    :func:`maximize_vector` over all ``log h_d``. ``report(log_h, value)`` is called after
+    every evaluation of the objective (progress).
 
     Raises:
         ValueError: naming ``bounds`` when they are malformed or hold no finite likelihood.
     """
+    objective = _reported(objective, report)
     if bounds is None:
         low, high = center + math.log(1e-3), center + math.log(1e2)
     else:
@@ -270,6 +289,7 @@ def polish_log_bandwidth(
     *,
     rtol: float = 1e-3,
     coarse: float = 3e-3,
+    report: Report | None = None,
 ) -> Tensor:
     """Refine an isotropic ``log h`` found to ``coarse`` on a cheaper objective (float32)
     with the exact one (float64), to ``rtol``.
@@ -280,7 +300,9 @@ def polish_log_bandwidth(
     a smooth maximum the parabola's vertex is exact to third order in the spacing. When the
     best point is an end of the evaluated points (the two objectives disagree more than
     ``coarse``), the points step outwards first. At most 12 calls; ends at the bounds.
+    ``report(log_h, value)`` is called after every evaluation of the objective.
     """
+    objective = _reported(objective, report)
     if bounds is None:
         low, high = float(center) + math.log(1e-3), float(center) + math.log(1e2)
     else:

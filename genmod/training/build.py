@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 import types
 import typing
 from pathlib import Path
@@ -187,15 +188,27 @@ def build_loggers(logger_cfg: Any) -> list[Any]:
     return _instantiate_group(logger_cfg, "logger")
 
 
+def _stdout_is_terminal() -> bool:
+    return bool(getattr(sys.stdout, "isatty", lambda: False)())
+
+
 def build_trainer(trainer_cfg: Any, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
     """Instantiate the ``trainer`` config with the given callbacks and loggers, and
-    crash-safe checkpoint files (:class:`AtomicCheckpointIO`) unless it sets ``plugins``."""
-    arguments = {k: v for k, v in to_container(trainer_cfg).items() if not k.startswith("_")}
+    crash-safe checkpoint files (:class:`AtomicCheckpointIO`) unless it sets ``plugins``.
+
+    With ``enable_progress_bar: true`` and a stdout that is not a terminal (a log file, CI, a
+    notebook), Lightning's bar, which would write a redraw per step, is replaced by one plain
+    line per epoch (:class:`~genmod.training.callbacks.EpochLines`)."""
+    from genmod.training.callbacks import EpochLines
+
+    config = to_container(trainer_cfg)
+    arguments = {k: v for k, v in config.items() if not k.startswith("_")}
     check_arguments(L.Trainer, arguments, "trainer")
     plugins = {} if "plugins" in arguments else {"plugins": [AtomicCheckpointIO()]}
-    trainer = instantiate(
-        to_container(trainer_cfg), callbacks=callbacks, logger=loggers or False, **plugins
-    )
+    if config.get("enable_progress_bar", True) and not _stdout_is_terminal():
+        config["enable_progress_bar"] = False
+        callbacks = [*callbacks, EpochLines()]
+    trainer = instantiate(config, callbacks=callbacks, logger=loggers or False, **plugins)
     if not isinstance(trainer, L.Trainer):
         raise ValueError("trainer._target_ must build a lightning.pytorch.Trainer")
     return trainer

@@ -4,6 +4,7 @@ checkpoints whose ``last.ckpt`` is the state after the latest epoch."""
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import time
 from typing import Any
@@ -19,7 +20,9 @@ from torch import Tensor
 from genmod.training.figures import sample_figure
 from genmod.training.module import DensityModule
 
-__all__ = ["DensityFigures", "ModelCheckpoint", "sample_kwargs"]
+__all__ = ["DensityFigures", "EpochLines", "ModelCheckpoint", "sample_kwargs"]
+
+log = logging.getLogger("genmod.progress")
 
 
 def sample_kwargs(model: Any, images: bool) -> dict[str, Any]:
@@ -155,7 +158,8 @@ class DensityFigures(L.Callback):
         images = module.image_shape is not None
         generator = torch.Generator(device=device).manual_seed(self.seed)
         n = self.num_images if images else self.num_samples
-        samples = model.sample(n, generator=generator, **sample_kwargs(model, images))
+        kwargs = sample_kwargs(model, images)
+        samples = model.sample(n, generator=generator, **kwargs)
         samples = samples.float() * scale + mean
         shown = None
         if data is not None and len(data) > 0:
@@ -170,6 +174,10 @@ class DensityFigures(L.Callback):
             return torch.cat(chunks)
 
         label = f"{type(model).__name__}, {model.estimator}"
+        if images:
+            label += f": {n} {'decoded means' if kwargs.get('noise') is False else 'samples'}"
+        if title:
+            label = f"{label}, {title}" if images else f"{label}: {title}"
         dim = int(model.dim)
         heat = not images and dim <= 2
         return sample_figure(
@@ -177,8 +185,68 @@ class DensityFigures(L.Callback):
             image_shape=module.image_shape,
             data=shown,
             log_density=log_density if heat else None,
-            title=f"{label}: {title}" if title else label,
+            title=label,
         )
+
+
+class EpochLines(L.Callback):
+    """One plain line per finished epoch, the progress report of a run whose output is not a
+    terminal (Lightning's bar would write a redraw per step into the log):
+    ``epoch 3/30: train/nll 1.2345, val/nll 1.2401 (best 1.2398), 2.1 s``. Written to the
+    ``genmod.progress`` logger at INFO on rank 0, at most one every ``every`` seconds
+    (default ``GENMOD_PROGRESS_EVERY`` or 5) besides the first and the last epoch; an epoch
+    longer than that adds a line with the batches done every ``every`` seconds."""
+
+    def __init__(self, every: float | None = None) -> None:
+        from genmod.progress import interval
+
+        self.every = interval() if every is None else float(every)
+        self._started = 0.0
+        self._printed: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        """Within a long epoch, a line every ``every`` seconds with the batches done."""
+        if not trainer.is_global_zero or self.every <= 0:
+            return
+        now = time.monotonic()
+        if now - max(self._printed or 0.0, self._started) < self.every:
+            return
+        self._printed = now
+        batches = trainer.num_training_batches
+        total = f"/{batches}" if isinstance(batches, int) else ""
+        log.info(
+            "epoch %d: batch %d%s, %.1f s so far",
+            trainer.current_epoch + 1,
+            trainer.fit_loop.epoch_loop.batch_progress.current.completed,
+            total,
+            now - self._started,
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        now = time.monotonic()
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        recent = self._printed is not None and now - self._printed < self.every
+        if recent and not last and self.every > 0:
+            return
+        self._printed = now
+        metrics = trainer.callback_metrics
+        parts = [
+            f"{key} {float(metrics[key]):.4f}" for key in ("train/nll", "val/nll") if key in metrics
+        ]
+        if "val/nll_best" in metrics:
+            parts[-1] += f" (best {float(metrics['val/nll_best']):.4f})"
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        head = f"epoch {epoch + 1}{total}"
+        text = f"{head}: {', '.join(parts)}" if parts else head
+        log.info("%s, %.1f s", text, now - self._started)
 
 
 class ModelCheckpoint(callbacks.ModelCheckpoint):

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from genmod.data.options import check_stored_config
 from genmod.models.base import DensityModel
+from genmod.progress import Progress, Task
 
 __all__ = [
     "checkpoint_split",
@@ -109,6 +110,7 @@ def log_likelihoods(
     batch_size: int = 1024,
     num_samples: int | None = None,
     device: torch.device | str = "cpu",
+    progress: Progress = None,
 ) -> Tensor:
     """``model.log_prob`` of every row of ``x`` in batches, without gradients, in eval mode.
 
@@ -119,6 +121,8 @@ def log_likelihoods(
         num_samples: Monte Carlo sample count passed to models whose ``log_prob`` takes
             ``num_samples`` (``None``: the model's default).
         device: where to compute.
+        progress: report the examples done and the running NLL (nats per example) after
+            each batch (:mod:`genmod.progress`; ``None``: silent unless a reporter is active).
 
     Returns:
         float64 ``[n]`` on the CPU.
@@ -143,9 +147,14 @@ def log_likelihoods(
         raise ValueError(f"x has shape {tuple(x.shape)}, but the model's dimension is {model.dim}")
     model = model.to(device).eval()
     out = []
-    with torch.no_grad():
+    what = type(getattr(model, "model", model)).__name__
+    name = f"log-likelihood of {x.shape[0]} examples ({what})"
+    with torch.no_grad(), Task(name, progress, total=x.shape[0], unit="example") as task:
+        total, done = 0.0, 0
         for part in x.split(batch_size):
             out.append(model.log_prob(part.to(device), **kwargs).double().cpu())
+            total, done = total + float(out[-1].sum()), done + len(part)
+            task.update(len(part), nll=-total / done)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
@@ -267,7 +276,7 @@ def _is_run(path: Path) -> bool:
 
 def find_runs(path: str | Path) -> list[Path]:
     """``path`` itself when it is a checkpoint file or a run directory; for a sweep
-    directory, its run directories in job order.
+    directory, its run directories in job order (``<num>`` or ``<num>_<overrides>``).
 
     Raises:
         FileNotFoundError: naming ``path`` when it does not exist or holds no runs.
@@ -280,6 +289,9 @@ def find_runs(path: str | Path) -> list[Path]:
     runs = [p for p in path.iterdir() if p.is_dir() and _is_run(p)]
     if not runs:
         raise FileNotFoundError(f"no genmod runs (metrics.json or checkpoints/) under {path}")
-    return sorted(
-        runs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
-    )
+
+    def job_order(p: Path) -> tuple[bool, int, str]:
+        number = p.name.split("_", 1)[0]  # "3" or "3_model.kernel=tophat"
+        return (not number.isdigit(), int(number) if number.isdigit() else 0, p.name)
+
+    return sorted(runs, key=job_order)

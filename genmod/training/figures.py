@@ -8,6 +8,7 @@ built without pyplot (no global state, no display backend), ready for
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 
 import torch
@@ -119,8 +120,15 @@ def image_grid_figure(
     else:
         ax.imshow(mosaic.numpy(), interpolation="nearest")
     if title:
-        fig.suptitle(title)
+        # Wrapped to the figure's width: a narrow grid would clip a long title at both ends.
+        fig.suptitle(_wrap(title, fig.get_figwidth()), fontsize="medium")
     return fig
+
+
+def _wrap(title: str, width_inches: float) -> str:
+    """``title`` broken into lines of at most the characters that fit ``width_inches`` at
+    a medium font (about 12 characters per inch)."""
+    return textwrap.fill(title, width=max(12, int(12 * width_inches)), break_long_words=False)
 
 
 def projection_figure(data: Tensor | None, samples: Tensor, *, title: str = "") -> Figure:

@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,13 @@ from genmod.training.build import (
     build_trainer,
     to_container,
 )
+from genmod.training.console import print_table
 from genmod.training.module import DensityModule
+from genmod.training.tensorboard import flat_hparams, log_hparams, swept_keys, write_layout
 
 __all__ = ["check_resumable", "resume_directory", "train", "write_metrics"]
 
 log = logging.getLogger(__name__)
-
-_HPARAM_METRICS = ("val/nll_best", "test/nll", "test/bpd")
 
 
 def _float(value: Any) -> Any:
@@ -64,14 +65,32 @@ def _relative(path: str | Path | None, root: Path) -> str | None:
 
 
 def _hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The configuration worth comparing runs by, for TensorBoard's HPARAMS tab."""
+    """The configuration worth comparing runs by, for TensorBoard's HPARAMS tab, flat and
+    spelled as overrides (``model.kernel``, ``trainer.max_epochs``), without ``_target_``;
+    under Hydra also the config group choices (``model``: ``kde``, ``data``: ``moons``)."""
     keys = ("model", "data", "optimizer", "scheduler", "seed")
     params = {key: to_container(cfg.get(key)) for key in keys}
     params["trainer"] = {
         key: to_container(cfg.trainer.get(key))
         for key in ("max_epochs", "accelerator", "devices", "precision")
     }
-    return params
+    flat = flat_hparams(params)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        flat.update({g: str(choices[g]) for g in ("model", "data", "optimizer") if g in choices})
+    return flat
+
+
+def _sweep_dir() -> Path | None:
+    """The sweep directory when this run is a job of a Hydra multirun, else ``None``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).resolve()
 
 
 def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
@@ -81,20 +100,17 @@ def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
 def _log_final(
     trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any], summary: str
 ) -> str | None:
-    """Hyperparameters with the final metrics, and the summary as text, to TensorBoard;
-    returns the TensorBoard log directory (or ``None`` without a TensorBoard logger)."""
+    """Hyperparameters (their metric columns are the run's scalars: ``val/nll_best``,
+    ``test/nll``, ...) and the summary as text, to TensorBoard; returns the TensorBoard log
+    directory (or ``None`` without a TensorBoard logger)."""
     logdir = None
-    hp_metrics = {
-        f"hparams/{key.replace('/', '_')}": float(metrics[key])
-        for key in _HPARAM_METRICS
-        if isinstance(metrics.get(key), float | int)
-    }
     for logger in trainer.loggers:
         if not isinstance(logger, TensorBoardLogger):
             continue
         logdir = logdir or str(Path(logger.log_dir))
         if trainer.is_global_zero:
-            logger.log_hyperparams(_hparams(cfg), metrics=hp_metrics, step=trainer.global_step)
+            varying = swept_keys(sys.argv[1:]) if _sweep_dir() is not None else None
+            log_hparams(logger.experiment, _hparams(cfg), trainer.global_step, varying)
             logger.experiment.add_text("summary", f"```\n{summary}\n```", trainer.global_step)
         logger.finalize("success")
     return logdir
@@ -233,6 +249,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(
         cfg.trainer, build_callbacks(cfg.get("callbacks")), build_loggers(cfg.get("logger"))
     )
+    if trainer.is_global_zero and ckpt_path is None:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                write_layout(logger.experiment)
     log.info(
         "Model: %s (%s), likelihood estimator: %s",
         type(module.model).__name__,
@@ -278,10 +298,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics["tensorboard"] = _relative(logdir, output_dir)
     if trainer.is_global_zero:
         write_metrics(output_dir / "metrics.json", metrics)
-        for line in summary.splitlines():
-            log.info(line)
         where = f"Run saved in {output_dir}"
         if logdir is not None:
-            where += f"; see it with: tensorboard --logdir {logdir}"
-        log.info(where)
+            sweep = _sweep_dir()
+            shown = f"{sweep} (the whole sweep)" if sweep is not None else logdir
+            where += f"; see it with: tensorboard --logdir {shown}"
+        print_table(f"{summary}\n{where}", log)
     return metrics

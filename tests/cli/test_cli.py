@@ -15,6 +15,7 @@ import pytest
 from genmod.cli import compare, eval, sample, train  # noqa: A004
 from genmod.cli._common import EXIT_USER_ERROR
 from genmod.training import train as train_run
+from genmod.training.evaluate import find_runs
 from tests.training.conftest import TINY, TINY_DATA, compose_train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +67,9 @@ def test_sweep_makes_one_run_per_value_and_compare_ranks_them(tmp_path, cli):
         "genmod-train", "-m", "model=gaussian,kde", f"hydra.sweep.dir={sweep}", *QUICK, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    models = [json.loads((sweep / job / "metrics.json").read_text())["model"] for job in "01"]
+    jobs = find_runs(sweep)  # each job's directory names the override that varies
+    assert [job.name for job in jobs] == ["0_model=gaussian", "1_model=kde"]
+    models = [json.loads((job / "metrics.json").read_text())["model"] for job in jobs]
     assert models == ["Gaussian", "KDE"]
 
     status, out, _ = cli(compare, f"runs=[{sweep}]", f"hydra.run.dir={tmp_path / 'cmp'}")
@@ -125,6 +128,12 @@ def test_compare_picks_the_better_of_two_models_of_known_order(runs, cli, tmp_pa
     assert status == 0, err
     result = json.loads((tmp_path / "compare.json").read_text())
     assert [row["model"] for row in result["ranking"]] == ["KDE", "Gaussian"]
+    # The table and the verdict are plain lines on stdout (the log file keeps them too).
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("rank "))
+    assert lines[head + 2].startswith("1    ") and lines[head + 3].startswith("2    ")
+    assert lines[-1] == result["verdict"]
+    assert result["verdict"] in (tmp_path / "compare.log").read_text()
     assert result["verdict"].startswith(f"{runs['kde']} is better than {runs['gaussian']}")
     assert "clear" in result["verdict"]
     assert result["ranking"][1]["vs_best"]["z"] > 3
