@@ -76,7 +76,9 @@ class DensityFigures(L.Callback):
         self.tag = tag
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # A sharded model's likelihood is a collective: then every rank draws the figure.
+        collective = getattr(getattr(pl_module, "model", None), "_shard", None) is not None
+        if trainer.sanity_checking or not (trainer.is_global_zero or collective):
             return
         writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not writers or not isinstance(pl_module, DensityModule):
