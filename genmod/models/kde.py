@@ -123,6 +123,10 @@ class KDE(DensityModel):
 
     @bandwidth.setter
     def bandwidth(self, value: float | str | Tensor | list[float]) -> None:
+        if isinstance(value, str) and self._shard is not None:
+            raise ValueError(
+                "bandwidth: a rule needs the whole reference set; set it before sharding"
+            )
         h = resolve_bandwidth(value, self.data, self._weights(), self.bandwidth_type)
         with torch.no_grad():
             self.log_bandwidth.copy_(h.log())
