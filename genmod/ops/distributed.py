@@ -263,7 +263,8 @@ def sharded_pairwise_logsumexp(
         else:
             x_all = _all_gather_rows(x.detach(), group, query_sizes)
         if exclude is not None:
-            exclude = _all_gather_rows(exclude.to(torch.int64), group, query_sizes)
+            exclude = exclude.to(device=x.device, dtype=torch.int64)
+            exclude = _all_gather_rows(exclude, group, query_sizes)
     else:
         x_all = _CopyToGroup.apply(x, anchor, group) if x_grad else x
     local_exclude = None
