@@ -50,7 +50,10 @@ def test_gaussian_metrics_count_every_example_once(tmp_path):
     common = ("model=gaussian", "data.n_samples=1001", "data.eval_batch_size=16")
     one = _train(tmp_path / "one", *common)
     two = _train(tmp_path / "two", *common, *DDP)
-    _same(one, two, ("val/nll", "test/nll", "test/nll_se", "test/bpd", "train/nll"), 1e-6)
+    _same(one, two, ("val/nll", "test/nll", "test/nll_se", "test/bpd"), 1e-6)
+    # train/nll is the ranks' all-reduced mean; the training sampler's one repeated row of
+    # the 801 (DDP's gradient sees it too) moves it by about 1 / 801 of one example.
+    _same(one, two, ("train/nll",), 1e-3)
 
 
 def test_sharded_kde_trains_like_one_process_and_loads_on_one_cpu(tmp_path):
