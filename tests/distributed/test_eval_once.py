@@ -32,3 +32,20 @@ def test_without_a_distributed_sampler_nothing_is_dropped():
     loader = DataLoader(torch.arange(5), batch_size=2, sampler=SequentialSampler(range(5)))
     assert real_count(loader) is None
     assert bool(keep_mask(4, 2, None, torch.device("cpu")).all())
+
+
+@pytest.mark.parametrize(("n", "world"), [(10, 2), (11, 3), (2, 3)])
+def test_ddp_training_batches_partition_the_one_process_batches(n, world):
+    from genmod.data.batches import DistributedEpochShuffleSampler, EpochShuffleSampler
+
+    one = EpochShuffleSampler(n, seed=4)
+    one.set_epoch(3)
+    order = list(one)
+    ranks = [DistributedEpochShuffleSampler(n, 4, world, r) for r in range(world)]
+    for sampler in ranks:
+        sampler.set_epoch(3)
+    shares = [list(sampler) for sampler in ranks]
+    assert len({len(share) for share in shares}) == 1  # equal length: DDP stays in step
+    merged = [share[k] for k in range(len(shares[0])) for share in shares]
+    assert merged[:n] == order  # rank-interleaved: one process's order, then the repeats
+    assert set(merged[n:]) <= set(order)
