@@ -139,6 +139,11 @@ def one_line(err: BaseException) -> str:
     cause = root.__cause__
     if isinstance(root, ConfigCompositionException) and cause is not None and str(cause).strip():
         text += f" ({_squash(str(cause).strip().splitlines()[0])})"
+    if "hydra/launcher/submitit_" in text:
+        text = (
+            text.rstrip(".")
+            + ' (hydra/launcher=slurm | local_submit need: pip install "genmod[slurm]")'
+        )
     return text if user_error(root) else f"{type(root).__name__}: {text}"
 
 

@@ -6,11 +6,16 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from genmod.data.preprocess import generator_for
 
-__all__ = ["EpochShuffleSampler", "IndexedTensorDataset", "collate_indexed"]
+__all__ = [
+    "DistributedEpochShuffleSampler",
+    "EpochShuffleSampler",
+    "IndexedTensorDataset",
+    "collate_indexed",
+]
 
 
 class IndexedTensorDataset(Dataset[tuple[Tensor, int]]):
@@ -64,3 +69,29 @@ class EpochShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = generator_for(self.seed, f"shuffle:{self.epoch}")
         return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+class DistributedEpochShuffleSampler(DistributedSampler):
+    """Rank ``rank``'s share of :class:`EpochShuffleSampler`'s permutation under DDP.
+
+    The permutation of ``(seed, epoch)`` is padded to a multiple of ``num_replicas`` by
+    repeating its first entries (as torch's ``DistributedSampler`` pads) and rank ``r`` takes
+    positions ``r, r + num_replicas, ...``: with a per-rank batch of ``b``, the ranks' k-th
+    batches together are exactly the k-th batch of size ``num_replicas * b`` of one process.
+    (Lightning leaves a ``DistributedSampler`` in place instead of re-shuffling it.)
+    """
+
+    def __init__(self, n: int, seed: int, num_replicas: int, rank: int) -> None:
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.order = EpochShuffleSampler(n, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of epoch ``epoch``."""
+        super().set_epoch(epoch)
+        self.order.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.order)
+        while order and len(order) < self.total_size:
+            order += order[: self.total_size - len(order)]
+        return iter(order[self.rank : self.total_size : self.num_replicas])

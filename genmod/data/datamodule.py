@@ -9,10 +9,16 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
-from genmod.data.batches import EpochShuffleSampler, IndexedTensorDataset, collate_indexed
+from genmod.data.batches import (
+    DistributedEpochShuffleSampler,
+    EpochShuffleSampler,
+    IndexedTensorDataset,
+    collate_indexed,
+)
 from genmod.data.digits import DIGITS_IMAGE_SHAPE, load_digits
 from genmod.data.files import DataError, load_array
 from genmod.data.options import DATASETS, check_options
@@ -298,7 +304,7 @@ class DensityDataModule(L.LightningDataModule):
         )
 
     # ---------------------------------------------------------------- loaders
-    def _loader(self, x: Tensor, batch_size: int, sampler: EpochShuffleSampler | None) -> Any:
+    def _loader(self, x: Tensor, batch_size: int, sampler: Sampler[int] | None) -> Any:
         workers = self.hparams.num_workers
         return DataLoader(
             IndexedTensorDataset(x),
@@ -317,7 +323,13 @@ class DensityDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches ``(x, index)``; order a function of ``(seed, epoch)``."""
-        sampler = EpochShuffleSampler(self.train_data.shape[0], self.hparams.seed)
+        n, seed = self.train_data.shape[0], self.hparams.seed
+        sampler: Sampler[int] = EpochShuffleSampler(n, seed)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Under DDP: each rank its share of the same permutation (see the sampler).
+            sampler = DistributedEpochShuffleSampler(
+                n, seed, dist.get_world_size(), dist.get_rank()
+            )
         return self._loader(self.train_data, self.hparams.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

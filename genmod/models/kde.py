@@ -8,12 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from genmod.models import _kde_full
+from genmod.models import _kde_full, _sharding
 from genmod.models.bandwidth import resolve_bandwidth, rule_bandwidth
 from genmod.models.base import DensityModel, check_generator, check_points
 from genmod.models.kernels import check_kernel, kernel_variance, log_normalizer, sample_kernel
 from genmod.models.search import polish_log_bandwidth, search_log_bandwidth
 from genmod.ops import min_scale, pairwise_logsumexp
+from genmod.ops.distributed import sharded_pairwise_logsumexp
 from genmod.progress import Progress, Task
 
 __all__ = ["KDE"]
@@ -72,6 +73,11 @@ class KDE(DensityModel):
             ``scipy.stats.gaussian_kde(x.T)``.
         learn_bandwidth: make ``log_bandwidth`` a trainable parameter (the NLL loop then
             minimises the leave-one-out NLL by gradient on ``log h``).
+        reference: ``"replicated"`` (every process holds every reference point) or
+            ``"sharded"``: once the training loop runs several processes, each keeps
+            ``1 / world`` of the rows and likelihoods combine the shards by collectives
+            (:mod:`genmod.models._sharding`); results equal the replicated model's, and
+            checkpoints hold every row once. On one process it is the replicated model.
 
     Example:
         >>> kde = KDE(torch.randn(500, 2)).fit_bandwidth()
@@ -87,8 +93,11 @@ class KDE(DensityModel):
         weights: Tensor | None = None,
         bandwidth_type: str = "isotropic",
         learn_bandwidth: bool = False,
+        reference: str = "replicated",
     ) -> None:
         super().__init__()
+        self.reference = _sharding.check_reference(reference)
+        self._shard: _sharding.Shard | None = None
         data = check_points(data, "data")
         if data.shape[0] == 0:
             raise ValueError("data must hold at least one reference point, got shape [0, D]")
@@ -111,8 +120,8 @@ class KDE(DensityModel):
 
     @property
     def num_points(self) -> int:
-        """Number of reference points M."""
-        return int(self.data.shape[0])
+        """Number of reference points M (on every rank, when sharded)."""
+        return self._shard.total if self._shard is not None else int(self.data.shape[0])
 
     @property
     def bandwidth(self) -> Tensor:
@@ -122,6 +131,10 @@ class KDE(DensityModel):
 
     @bandwidth.setter
     def bandwidth(self, value: float | str | Tensor | list[float]) -> None:
+        if isinstance(value, str) and self._shard is not None:
+            raise ValueError(
+                "bandwidth: a rule needs the whole reference set; set it before sharding"
+            )
         h = resolve_bandwidth(value, self.data, self._weights(), self.bandwidth_type)
         with torch.no_grad():
             self.log_bandwidth.copy_(h.log())
@@ -153,6 +166,9 @@ class KDE(DensityModel):
         if self.log_weights is None:
             return y, None, None
         lw = self.log_weights.to(dtype)
+        if self._shard is not None:  # zero weights stay (-inf): indices remain global
+            offset = self._shard.offset
+            return y, lw[offset : offset + y.shape[0]], None
         keep = lw > -math.inf
         if bool(keep.all()):
             return y, lw, None
@@ -171,18 +187,22 @@ class KDE(DensityModel):
                 f"bandwidth {h:.3g} is below the smallest {str(x.dtype)[6:]} supports "
                 f"({smallest:.3g}: 1 / h^2 overflows it); use float64 data, e.g. model.double()"
             )
+        op = pairwise_logsumexp
+        if self._shard is not None:
+            kw.update(queries="local", group=self._shard.group)
+            op = sharded_pairwise_logsumexp
         if self.bandwidth_type == "full":
             tril = self.data_scale_tril
             x, y = _kde_full.whiten(x, tril), _kde_full.whiten(y, tril)
-            out = pairwise_logsumexp(x, y, log_h.exp(), lw, **kw) - self.dim * log_h
+            out = op(x, y, log_h.exp(), lw, **kw) - self.dim * log_h
             out = out - _kde_full.log_abs_det(tril.to(x.dtype))
         elif self.bandwidth_type == "diagonal":
             h = log_h.exp()
-            out = pairwise_logsumexp(x / h, y / h, 1.0, lw, **kw) - log_h.sum()
+            out = op(x / h, y / h, 1.0, lw, **kw) - log_h.sum()
         else:
-            out = pairwise_logsumexp(x, y, log_h.exp(), lw, **kw) - self.dim * log_h
+            out = op(x, y, log_h.exp(), lw, **kw) - self.dim * log_h
         out = out - self._log_norm
-        return out if lw is not None else out - math.log(y.shape[0])
+        return out if lw is not None else out - math.log(self.num_points)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """``log p(x_i)`` in nats for each row of ``x`` ``[n, D]`` -> ``[n]``.
@@ -231,15 +251,17 @@ class KDE(DensityModel):
 
     def loo_log_prob(self, index: Tensor | None = None) -> Tensor:
         """Leave-one-out log density ``log p_{-i}(y_i)`` of reference rows ``index`` (all by
-        default), with ``p_{-i} = sum_{j != i} w_j K_h(y_i - y_j) / sum_{j != i} w_j``.
+        default), with ``p_{-i} = sum_{j != i} w_j K_h(y_i - y_j) / sum_{j != i} w_j``. A
+        sharded KDE is a collective: each rank asks for rows it holds (its own by default).
 
         Each point's own kernel is excluded inside the reduction (never subtracted after), so
         the values are exact even where the self term dominates. Returns ``[len(index)]``.
         """
         if index is None:
-            index = torch.arange(self.num_points, device=self.data.device)
+            index = _sharding.own_rows(self)
         index = self._check_index(index)
-        return self._loo(self.data[index], index, self.log_bandwidth, self.data.dtype)
+        x = _sharding.rows_of(self, index)
+        return self._loo(x, index, self.log_bandwidth, self.data.dtype)
 
     def training_loss(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         """Leave-one-out NLL of a batch of reference rows, or the NLL of ``x``.
@@ -303,30 +325,40 @@ class KDE(DensityModel):
                 raise ValueError("held_out must hold at least one row")
         if not (isinstance(rtol, (int, float)) and 0 < rtol < 1):
             raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
-        try:
-            ref = rule_bandwidth(self.data, "scott", self._weights(), self.bandwidth_type)
-        except ValueError:
-            ref = self.bandwidth.detach().double()
+        if self._shard is not None:
+            ref = self._shard.rule.to(self.data.device)
+        else:
+            try:
+                ref = rule_bandwidth(self.data, "scott", self._weights(), self.bandwidth_type)
+            except ValueError:
+                ref = self.bandwidth.detach().double()
         center = (ref / math.sqrt(kernel_variance(self.kernel, self.dim))).log()
         y, lw, _ = self._reference(torch.float64)
-        rows = torch.arange(self.num_points, device=self.data.device)
+        rows = _sharding.own_rows(self)
         loo_w = None
         if held_out is None:
             if self.log_weights is not None:
-                loo_w = self.log_weights.double().exp()
+                loo_w = self.log_weights.double().exp()[rows]
                 rows = rows[loo_w > 0]
-                loo_w = loo_w[rows]
+                loo_w = loo_w[loo_w > 0]
             # Fail early (nothing changed yet) when leave-one-out is undefined.
-            self._loo(self.data[rows[:1]].double(), rows[:1], center, torch.float64)
+            self._loo(_sharding.rows_of(self, rows[:1]).double(), rows[:1], center, torch.float64)
+        else:
+            count, held_out = held_out.shape[0], _sharding.own_part(self, held_out)
 
         def objective(log_h: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+            # Sharded: each rank scores its own rows, the sums are all-reduced (same value on
+            # every rank) and the gradient on log h is summed over the ranks.
+            log_h = _sharding.replicate(self, log_h)
             if held_out is not None:
                 ys, lws = (y, lw) if dtype == torch.float64 else self._reference(dtype)[:2]
-                return (
-                    self._log_kernel_sum(held_out.to(dtype), ys, lws, log_h, None).double().mean()
-                )
-            loo = self._loo(self.data[rows].to(dtype), rows, log_h, dtype).double()
-            return loo.mean() if loo_w is None else (loo_w * loo).sum()
+                out = self._log_kernel_sum(held_out.to(dtype), ys, lws, log_h, None).double()
+                return _sharding.global_sum(self, out.sum()) / count
+            x = _sharding.rows_of(self, rows).to(dtype)
+            loo = self._loo(x, rows, log_h, dtype).double()
+            if loo_w is None:
+                return _sharding.global_sum(self, loo.sum()) / self.num_points
+            return _sharding.global_sum(self, (loo_w * loo).sum())
 
         # Float32 data: the search runs in float32 (half the cost of float64, and accurate
         # enough to bracket the optimum), then a float64 parabola polishes log h to rtol.
@@ -370,7 +402,7 @@ class KDE(DensityModel):
             )
             if self.bandwidth_type == "full":
                 noise = noise @ self.data_scale_tril.mT
-            return self.data[idx] + self.bandwidth * noise
+            return _sharding.sample_rows(self, idx, noise)
 
     def hparams(self) -> dict[str, Any]:
         """Constructor arguments with the current numeric bandwidth (no rule is recomputed)."""
@@ -380,6 +412,7 @@ class KDE(DensityModel):
             "kernel": self.kernel,
             "bandwidth_type": self.bandwidth_type,
             "learn_bandwidth": self.learn_bandwidth,
+            "reference": self.reference,
         }
 
     def metrics(self) -> dict[str, float]:

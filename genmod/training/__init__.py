@@ -4,6 +4,7 @@ figures, and the steps that build a run from a Hydra config.
 >>> from genmod.training import DensityModule, train  # doctest: +SKIP
 """
 
+from genmod.training._distributed import DDPStrategy
 from genmod.training.build import (
     build_callbacks,
     build_datamodule,
@@ -17,6 +18,7 @@ from genmod.training.module import DensityModule
 from genmod.training.run import train
 
 __all__ = [
+    "DDPStrategy",
     "DensityFigures",
     "DensityModule",
     "build_callbacks",

@@ -110,7 +110,9 @@ class DensityFigures(L.Callback):
         self._reset()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # A sharded model's likelihood is a collective: then every rank draws the figure.
+        collective = getattr(getattr(pl_module, "model", None), "_shard", None) is not None
+        if trainer.sanity_checking or not (trainer.is_global_zero or collective):
             return
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs

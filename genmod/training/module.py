@@ -12,7 +12,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from genmod.models.base import DensityModel
+from genmod.models.gaussian import Gaussian
 from genmod.models.io import CHECKPOINT_FORMAT, model_class_name
+from genmod.training import _distributed
 
 __all__ = ["DensityModule"]
 
@@ -110,6 +112,7 @@ class DensityModule(L.LightningModule):
         self._fitted = False
         self._sums: dict[str, Tensor] = {}
         self._test_log_probs: list[Tensor] = []
+        self._seen: dict[str, tuple[int, int | None]] = {}
         self._rng_state: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------------ setup
@@ -124,14 +127,20 @@ class DensityModule(L.LightningModule):
         return "gradient descent" if self.trains_by_gradient else "evaluation only"
 
     def setup(self, stage: str) -> None:
-        """Fit closed-form models once on the datamodule's ``train_data`` (stage ``fit``)."""
+        """Split a sharded KDE over the processes; fit closed-form models once on the
+        datamodule's ``train_data`` (stage ``fit``; under DDP from all-reduced statistics)."""
+        _distributed.shard_model(self.model)
+        _distributed.ignore_shards(self)
         if stage != "fit" or not self.closed_form or self._fitted:
             return
         if self.fit_closed_form:
             train = getattr(self.trainer.datamodule, "train_data", None)
             if train is None:
                 raise ValueError("fit_closed_form needs a datamodule with train_data")
-            self.model.fit(train.to(self.device))
+            if isinstance(self.model, Gaussian):
+                _distributed.fit_gaussian(self.model, train.to(self.device))
+            else:
+                self.model.fit(train.to(self.device))
         else:
             self.model.fit_bandwidth()
         self._fitted = True
@@ -168,6 +177,7 @@ class DensityModule(L.LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=x.shape[0],
+            sync_dist=True,
         )
         return loss if self.trains_by_gradient else None
 
@@ -177,18 +187,34 @@ class DensityModule(L.LightningModule):
             self.trainer.should_stop = True
 
     def _evaluate(self, split: str, x: Tensor) -> Tensor:
-        """Per-example log-likelihoods of ``x`` in data units; accumulates ``split`` sums."""
-        log_prob = self.model.log_prob(x).double() - self.log_scale_sum
-        stats = torch.stack([-log_prob.sum(), log_prob.square().sum(), log_prob.new_tensor(len(x))])
+        """Per-example log-likelihoods of ``x`` in data units; accumulates ``split`` sums.
+
+        Under DDP the examples the distributed sampler repeats to even out the ranks are
+        dropped here (every rank still computes its whole batch: a sharded model's
+        likelihood is a collective), so each example counts once."""
+        if split not in self._seen:
+            loaders = self.trainer.val_dataloaders if split == "val" else None
+            loaders = self.trainer.test_dataloaders if split == "test" else loaders
+            loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+            self._seen[split] = (0, _distributed.real_count(loader))
+        seen, real = self._seen[split]
+        self._seen[split] = (seen + len(x), real)
+        keep = _distributed.keep_mask(seen, len(x), real, x.device)
+        log_prob = (self.model.log_prob(x).double() - self.log_scale_sum)[keep]
+        stats = torch.stack(
+            [-log_prob.sum(), log_prob.square().sum(), log_prob.new_tensor(len(log_prob))]
+        )
         self._sums[split] = self._sums.get(split, torch.zeros_like(stats)).to(stats) + stats
-        for key, value in self.model.eval_metrics(x).items():
+        kept = int(keep.sum())
+        for key, value in (self.model.eval_metrics(x[keep]) if kept else {}).items():
             value = value + self.log_scale_sum if key.startswith("nll") else value
-            self.log(f"{split}/{key}", value, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+            self.log(f"{split}/{key}", value, on_epoch=True, batch_size=kept, sync_dist=True)
         return log_prob
 
     def _reduce(self, split: str) -> tuple[float, float, int]:
         """``(mean NLL, standard error, count)`` of ``split`` over all processes; resets it."""
         stats = self._sums.pop(split, torch.zeros(3, dtype=torch.float64))
+        self._seen.pop(split, None)
         stats = self.trainer.strategy.reduce(stats.to(self.device), reduce_op="sum")
         nll_sum, square_sum, count = (float(v) for v in stats)
         if count == 0:
@@ -202,17 +228,18 @@ class DensityModule(L.LightningModule):
         self._evaluate("val", batch[0])
 
     def on_validation_epoch_end(self) -> None:
-        """Log ``val/nll``, ``val/nll_best`` and the model's metrics."""
+        """Log ``val/nll``, ``val/nll_best`` and the model's metrics (the same value on every
+        rank: ``sync_dist`` averages equal numbers, and keeps Lightning from warning)."""
         nll, _, count = self._reduce("val")
         if count == 0:
             return
         if not self.trainer.sanity_checking:
             self.val_nll_best = min(self.val_nll_best, nll)
-        self.log("val/nll", nll, prog_bar=True)
+        self.log("val/nll", nll, prog_bar=True, sync_dist=True)
         if math.isfinite(self.val_nll_best):
-            self.log("val/nll_best", self.val_nll_best)
+            self.log("val/nll_best", self.val_nll_best, sync_dist=True)
         for key, value in self.model.metrics().items():
-            self.log(f"model/{key}", float(value))
+            self.log(f"model/{key}", float(value), sync_dist=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Accumulate the test NLL of a batch and keep its per-example values."""
@@ -225,11 +252,11 @@ class DensityModule(L.LightningModule):
         self._test_log_probs = []
         if count == 0:
             return
-        self.log("test/nll", nll)
-        self.log("test/nll_se", se)
-        self.log("test/bpd", nll / (self.model.dim * math.log(2.0)))
+        self.log("test/nll", nll, sync_dist=True)
+        self.log("test/nll_se", se, sync_dist=True)
+        self.log("test/bpd", nll / (self.model.dim * math.log(2.0)), sync_dist=True)
         for key, value in self.model.metrics().items():
-            self.log(f"model/{key}", float(value))
+            self.log(f"model/{key}", float(value), sync_dist=True)
         if self.trainer.is_global_zero and values.numel() > 0:
             finite = values[torch.isfinite(values)]
             for logger in self.loggers:
@@ -254,7 +281,7 @@ class DensityModule(L.LightningModule):
         self.model.eval()
         estimator = self.model.estimator
         self.model.train(was_training)
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        state = _distributed.whole_state(self.model)
         return {
             "format": CHECKPOINT_FORMAT,
             "model_class": model_class_name(self.model),
@@ -271,6 +298,9 @@ class DensityModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add the ``"genmod"`` entry and the torch random state to every checkpoint."""
         checkpoint["genmod"] = self.genmod_entry()
+        if "state_dict" in checkpoint and getattr(self.model, "_shard", None) is not None:
+            # A sharded KDE's rows, whole: gathered from the ranks by genmod_entry.
+            checkpoint["state_dict"]["model.data"] = checkpoint["genmod"]["state_dict"]["data"]
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -280,6 +310,7 @@ class DensityModule(L.LightningModule):
         """Restore ``val/nll_best``, and keep the saved random state for :meth:`on_train_start`,
         so a resumed run continues the same record and the same random stream."""
         entry = checkpoint.get("genmod") or {}
+        _distributed.split_state(self.model, checkpoint.get("state_dict", {}), "model.")
         self.val_nll_best = float(entry.get("val_nll_best", math.inf))
         self._rng_state = checkpoint.get("genmod_rng")
 

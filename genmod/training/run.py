@@ -264,6 +264,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         warnings.filterwarnings("ignore", ".*does not have many workers.*", PossibleUserWarning)
         # Raised inside Lightning's own use of torch's pytree API; nothing a user can change.
         warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*", FutureWarning)
+        # DDP: the module drops the distributed sampler's repeated examples from its metrics.
+        warnings.filterwarnings("ignore", ".*each sample/batch gets evaluated exactly once.*")
         if ckpt_path is not None:  # resuming in place: the directory holds this run's files
             warnings.filterwarnings("ignore", "Checkpoint directory .* is not empty", UserWarning)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -48,9 +48,10 @@ def test_a_callable_gets_every_search_step_with_h_and_the_objective(kde):
     assert [u.done for u in steps] == list(range(1, len(steps) + 1))
     assert updates[-1].finished and updates[-1].done == len(steps)
     assert all(u.info["h"] > 0 and math.isfinite(u.info["objective"]) for u in steps[5:9])
-    # The bandwidth chosen is one the search reported, with the best float64 objective.
-    best = max(steps[-6:], key=lambda u: u.info["objective"])
-    assert best.info["h"] == pytest.approx(float(kde.bandwidth), rel=1e-6)
+    # The bandwidth chosen is the best float64 point reported, or the vertex of the float64
+    # parabola through it and its neighbours (not evaluated again): within rtol of it.
+    best = max(steps[-4:], key=lambda u: u.info["objective"])
+    assert best.info["h"] == pytest.approx(float(kde.bandwidth), rel=1e-3)
     assert "h " in str(steps[0]) and "objective " in str(steps[0])
 
 
