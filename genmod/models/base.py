@@ -117,3 +117,29 @@ class DensityModel(nn.Module, ABC):
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative int, got {n!r}")
         return n
+
+
+def check_weights(weights: Any, data: Tensor) -> Tensor | None:
+    """Non-negative finite weights ``[M]`` (one per row of ``data``, not all zero) as float64
+    on ``data``'s device, or ``None``; a ``ValueError`` names the first bad row."""
+    num_points = data.shape[0]
+    if weights is None:
+        return None
+    try:
+        w = torch.as_tensor(weights.detach() if isinstance(weights, Tensor) else weights)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"weights must be numeric, got {weights!r}") from err
+    if w.dim() != 1 or w.shape[0] != num_points:
+        raise ValueError(
+            f"weights must have shape [{num_points}] (one per data row), got {tuple(w.shape)}"
+        )
+    if w.dtype == torch.bool or w.is_complex():
+        raise ValueError(f"weights must be real numbers, got dtype {w.dtype}")
+    w = w.double()
+    bad = ~torch.isfinite(w) | (w < 0)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"weights must be finite and >= 0 (first bad row: {row})")
+    if not bool((w > 0).any()):
+        raise ValueError("weights must not all be zero")
+    return w.to(data.device)

@@ -8,40 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from genmod.models import _kde_full, _sharding
-from genmod.models.bandwidth import resolve_bandwidth, rule_bandwidth
-from genmod.models.base import DensityModel, check_generator, check_points
-from genmod.models.kernels import check_kernel, kernel_variance, log_normalizer, sample_kernel
-from genmod.models.search import polish_log_bandwidth, search_log_bandwidth
+from genmod.models import _kde_fit, _kde_full, _sharding
+from genmod.models.bandwidth import resolve_bandwidth
+from genmod.models.base import DensityModel, check_generator, check_points, check_weights
+from genmod.models.kernels import check_kernel, log_normalizer, sample_kernel
 from genmod.ops import min_scale, pairwise_logsumexp
 from genmod.ops.distributed import sharded_pairwise_logsumexp
-from genmod.progress import Progress, Task
+from genmod.progress import Progress
 
 __all__ = ["KDE"]
-
-
-def _check_weights(weights: Any, data: Tensor) -> Tensor | None:
-    num_points = data.shape[0]
-    if weights is None:
-        return None
-    try:
-        w = torch.as_tensor(weights.detach() if isinstance(weights, Tensor) else weights)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"weights must be numeric, got {weights!r}") from err
-    if w.dim() != 1 or w.shape[0] != num_points:
-        raise ValueError(
-            f"weights must have shape [{num_points}] (one per data row), got {tuple(w.shape)}"
-        )
-    if w.dtype == torch.bool or w.is_complex():
-        raise ValueError(f"weights must be real numbers, got dtype {w.dtype}")
-    w = w.double()
-    bad = ~torch.isfinite(w) | (w < 0)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(f"weights must be finite and >= 0 (first bad row: {row})")
-    if not bool((w > 0).any()):
-        raise ValueError("weights must not all be zero")
-    return w.to(data.device)
 
 
 class KDE(DensityModel):
@@ -102,7 +77,7 @@ class KDE(DensityModel):
         if data.shape[0] == 0:
             raise ValueError("data must hold at least one reference point, got shape [0, D]")
         kernel = check_kernel(kernel)
-        w = _check_weights(weights, data)
+        w = check_weights(weights, data)
         tril = _kde_full.data_scale_tril(data, w) if bandwidth_type == "full" else None
         h = resolve_bandwidth(bandwidth, data, w, bandwidth_type)
         self.dim = int(data.shape[1])
@@ -302,10 +277,10 @@ class KDE(DensityModel):
         likelihood of the reference points themselves: each point's own kernel makes it grow
         without bound as ``h -> 0``. Isotropic: a log-spaced grid (2 points per decade) and
         Brent's method to ``rtol`` relative on ``h``; for float32 data the search runs in
-        float32 (to ``3 rtol``) and a short float64 Brent search around it finishes (about
-        25 to 30 kernel calls in all, a third of them float64). Diagonal: the same search
-        over a common factor of the per-dimension rule, then L-BFGS on ``log h_d``. Works
-        with ``learn_bandwidth`` too.
+        float32 (to ``3 rtol``) and successive float64 parabolas around it finish (20 to 30
+        kernel calls in all, 3 to 5 of them float64; :mod:`genmod.models._kde_fit`).
+        Diagonal: the same search over a common factor of the per-dimension rule, then
+        L-BFGS on ``log h_d``. Works with ``learn_bandwidth`` too.
 
         Args:
             held_out: optional ``[n, D]`` data to score instead of the LOO objective.
@@ -319,70 +294,7 @@ class KDE(DensityModel):
                 reporter is active or logging asks (:mod:`genmod.progress`), ``True`` a bar
                 or lines on stderr, or a callable.
         """
-        if held_out is not None:
-            held_out = check_points(held_out, "held_out", self.dim).to(torch.float64)
-            if held_out.shape[0] == 0:
-                raise ValueError("held_out must hold at least one row")
-        if not (isinstance(rtol, (int, float)) and 0 < rtol < 1):
-            raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
-        if self._shard is not None:
-            ref = self._shard.rule.to(self.data.device)
-        else:
-            try:
-                ref = rule_bandwidth(self.data, "scott", self._weights(), self.bandwidth_type)
-            except ValueError:
-                ref = self.bandwidth.detach().double()
-        center = (ref / math.sqrt(kernel_variance(self.kernel, self.dim))).log()
-        y, lw, _ = self._reference(torch.float64)
-        rows = _sharding.own_rows(self)
-        loo_w = None
-        if held_out is None:
-            if self.log_weights is not None:
-                loo_w = self.log_weights.double().exp()[rows]
-                rows = rows[loo_w > 0]
-                loo_w = loo_w[loo_w > 0]
-            # Fail early (nothing changed yet) when leave-one-out is undefined.
-            self._loo(_sharding.rows_of(self, rows[:1]).double(), rows[:1], center, torch.float64)
-        else:
-            count, held_out = held_out.shape[0], _sharding.own_part(self, held_out)
-
-        def objective(log_h: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
-            # Sharded: each rank scores its own rows, the sums are all-reduced (same value on
-            # every rank) and the gradient on log h is summed over the ranks.
-            log_h = _sharding.replicate(self, log_h)
-            if held_out is not None:
-                ys, lws = (y, lw) if dtype == torch.float64 else self._reference(dtype)[:2]
-                out = self._log_kernel_sum(held_out.to(dtype), ys, lws, log_h, None).double()
-                return _sharding.global_sum(self, out.sum()) / count
-            x = _sharding.rows_of(self, rows).to(dtype)
-            loo = self._loo(x, rows, log_h, dtype).double()
-            if loo_w is None:
-                return _sharding.global_sum(self, loo.sum()) / self.num_points
-            return _sharding.global_sum(self, (loo_w * loo).sum())
-
-        # Float32 data: the search runs in float32 (half the cost of float64, and accurate
-        # enough to bracket the optimum), then a float64 parabola polishes log h to rtol.
-        # (The float32 search stops at 3 rtol; the float64 polish searches +-6 rtol.)
-        fast = self.data.dtype if self.data.dtype != torch.float64 else torch.float64
-        polish = fast != torch.float64 and center.dim() == 0
-        coarse = min(3.0 * rtol, 0.5) if polish else rtol
-        what = "held-out" if held_out is not None else "leave-one-out"
-        with Task(f"bandwidth search ({what} log-likelihood)", progress) as task:
-
-            def report(log_h: Tensor, value: Tensor) -> None:
-                task.update(h=float(log_h.exp().mean()), objective=float(value))
-
-            step = report if task.active else None
-            best = search_log_bandwidth(
-                lambda t: objective(t, fast), center, bounds, rtol=coarse, report=step
-            )
-            if polish:
-                best = polish_log_bandwidth(
-                    objective, best, center, bounds, rtol=rtol, coarse=coarse, report=step
-                )
-        with torch.no_grad():
-            self.log_bandwidth.copy_(best.to(self.log_bandwidth))
-        return self
+        return _kde_fit.fit_bandwidth(self, held_out, bounds=bounds, rtol=rtol, progress=progress)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws ``[n, D]``: a reference row chosen by weight plus ``h`` times a draw

@@ -2,6 +2,7 @@
 
 from genmod.ops._tiles import set_tile_budget, tile_budget_bytes
 from genmod.ops._validate import min_scale
+from genmod.ops.distributed import shard_bounds, sharded_pairwise_logsumexp
 from genmod.ops.pairwise import KERNELS, pairwise_logsumexp
 from genmod.ops.profiles import d_log_profile, log_profile
 
@@ -9,6 +10,8 @@ __all__ = [
     "KERNELS",
     "min_scale",
     "pairwise_logsumexp",
+    "shard_bounds",
+    "sharded_pairwise_logsumexp",
     "log_profile",
     "d_log_profile",
     "set_tile_budget",
