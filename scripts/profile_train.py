@@ -36,7 +36,7 @@ DEFAULTS = [
 # autograd backward (called by the engine, not by pairwise_logsumexp).
 KERNEL_FUNCS = (("pairwise.py", "pairwise_logsumexp"), ("_blocked.py", "backward"))
 # The per-epoch figure of the model (DensityFigures), evaluation and rendering together.
-FIGURE_FUNCS = (("callbacks.py", "on_validation_epoch_end"),)
+FIGURE_FUNCS = (("callbacks.py", "_draw"),)  # every figure drawn, at any hook
 
 
 def _cumulative(stats: pstats.Stats, funcs: tuple[tuple[str, str], ...]) -> float:

@@ -204,7 +204,8 @@ class BlockedPairwiseLSE(torch.autograd.Function):
                     )  # fmt: skip
                     _mask_excluded(sc, ex, j0)
                     # P[b, i, j] = g_i * p_ij: the weight of pair (i, j) in every gradient.
-                    p = sc.sub_(ref[b0:b1, i0:i1].unsqueeze(2)).exp_()
+                    # exp_normal_: 0 where p would be subnormal (slow on x86) or NaN.
+                    p = _tiles.exp_normal_(sc.sub_(ref[b0:b1, i0:i1].unsqueeze(2)))
                     if overflowed:
                         p.nan_to_num_(0.0, 0.0, 0.0)
                     p.mul_(g[b0:b1, i0:i1].unsqueeze(2))

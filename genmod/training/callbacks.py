@@ -46,14 +46,16 @@ class DensityFigures(L.Callback):
 
     The figures (evaluating the density on the grid, rendering) may take at most
     ``max_time_share`` of the wall time since training started: a due figure is skipped when
-    the time spent on figures plus the last figure's cost would exceed that share. The first
-    validation's figure is always drawn, and so is the final model's, at the end of training
-    (also after early stopping), so a run's last image is its result.
+    the time spent on figures plus the last figure's cost (before any figure is timed,
+    ``first_cost`` seconds) would exceed that share. The final model's figure is always
+    drawn, at the last epoch or at the end of training (also after early stopping), so a
+    run's last image is its result; a short run draws only that one.
 
     Args:
         every_n_epochs: draw on epochs ``0, n, 2n, ...`` and on the last one.
         max_time_share: at most this fraction of the run's time in figures (``None``: no
             limit, every due epoch is drawn).
+        first_cost: the assumed cost in seconds of a figure until one has been timed.
         num_samples: samples in 1-D / 2-D / projection figures.
         num_images: samples in an image grid.
         max_points: at most this many validation points are drawn.
@@ -68,10 +70,11 @@ class DensityFigures(L.Callback):
         num_samples: int = 1000,
         num_images: int = 64,
         max_points: int = 2000,
-        grid_size: int = 120,
+        grid_size: int = 64,
         seed: int = 0,
         tag: str = "figures/model",
         max_time_share: float | None = 0.1,
+        first_cost: float = 0.5,
     ) -> None:
         for name, value in (
             ("every_n_epochs", every_n_epochs),
@@ -89,8 +92,13 @@ class DensityFigures(L.Callback):
             or not math.isfinite(max_time_share)
         ):
             raise ValueError(f"max_time_share must be in (0, 1] or None, got {max_time_share!r}")
+        if isinstance(first_cost, bool) or not isinstance(first_cost, (int, float)):
+            raise ValueError(f"first_cost must be a number of seconds, got {first_cost!r}")
+        if not 0 <= first_cost < math.inf:
+            raise ValueError(f"first_cost must be finite and >= 0, got {first_cost!r}")
         self.every_n_epochs = every_n_epochs
         self.max_time_share = max_time_share
+        self.first_cost = float(first_cost)
         self.num_samples = num_samples
         self.num_images = num_images
         self.max_points = max_points
@@ -102,37 +110,40 @@ class DensityFigures(L.Callback):
     def _reset(self) -> None:
         self._started = time.perf_counter()
         self._spent = 0.0  # seconds in figures so far
-        self._last_cost = 0.0
-        self._drawn = 0
+        self._last_cost = self.first_cost
         self._pending: int | None = None  # epoch of a skipped figure not yet drawn
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
 
+    @staticmethod
+    def _collective(pl_module: L.LightningModule) -> bool:
+        """A sharded model's likelihood is a collective: then every rank draws the figure,
+        and rank 0's decision to draw is broadcast so that all ranks take part."""
+        return getattr(getattr(pl_module, "model", None), "_shard", None) is not None
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # A sharded model's likelihood is a collective: then every rank draws the figure.
-        collective = getattr(getattr(pl_module, "model", None), "_shard", None) is not None
+        collective = self._collective(pl_module)
         if trainer.sanity_checking or not (trainer.is_global_zero or collective):
             return
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        if epoch % self.every_n_epochs != 0 and not last:
-            self._pending = epoch
-            return
         elapsed = time.perf_counter() - self._started
         over = (
             self.max_time_share is not None
-            and self._drawn > 0
             and self._spent + self._last_cost > self.max_time_share * elapsed
         )
-        if over and not last:
+        draw = last or (epoch % self.every_n_epochs == 0 and not over)
+        if collective:
+            draw = bool(trainer.strategy.broadcast(draw, src=0))
+        if draw:
+            self._draw(trainer, pl_module, epoch)
+        else:
             self._pending = epoch
-            return
-        self._draw(trainer, pl_module, epoch)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The final model's figure, when its validation epoch was skipped."""
-        if self._pending is not None and trainer.is_global_zero:
+        if self._pending is not None and (trainer.is_global_zero or self._collective(pl_module)):
             self._draw(trainer, pl_module, self._pending)
 
     def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
@@ -146,7 +157,6 @@ class DensityFigures(L.Callback):
             writer.add_figure(self.tag, fig, global_step=trainer.global_step, close=False)
         self._last_cost = time.perf_counter() - start
         self._spent += self._last_cost
-        self._drawn += 1
         self._pending = None
 
     @torch.no_grad()
@@ -188,6 +198,7 @@ class DensityFigures(L.Callback):
             data=shown,
             log_density=log_density if heat else None,
             title=label,
+            grid_size=self.grid_size,
         )
 
 

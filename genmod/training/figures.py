@@ -40,7 +40,7 @@ def density_figure(
     data: Tensor,
     samples: Tensor,
     *,
-    grid_size: int = 120,
+    grid_size: int = 64,
     title: str = "",
 ) -> Figure:
     """Two panels for 2-D data: the model density ``p(x)`` as a heat-map with the data on
@@ -50,7 +50,7 @@ def density_figure(
         log_density: ``[n, 2] -> [n]`` log density in nats, data units.
         data: points ``[n, 2]`` to show (e.g. the validation split), data units.
         samples: model samples ``[m, 2]``, data units.
-        grid_size: heat-map resolution per axis.
+        grid_size: heat-map points per axis (shown with bilinear interpolation).
         title: figure title.
     """
     data, samples = data.detach().cpu().float(), samples.detach().cpu().float()
@@ -60,12 +60,19 @@ def density_figure(
     grid = torch.cartesian_prod(ys, xs).flip(-1)  # rows vary in y, columns in x
     with torch.no_grad():
         density = log_density(grid).detach().cpu().double().exp().reshape(grid_size, grid_size)
-    fig = Figure(figsize=(10, 4.6), layout="constrained")
+    # Fixed margins: constrained layout cost two thirds of the rendering time (0.23 s).
+    fig = Figure(figsize=(10, 4.6))
+    fig.subplots_adjust(left=0.06, right=0.985, bottom=0.08, top=0.86, wspace=0.12)
     left, right = fig.subplots(1, 2, sharex=True, sharey=True)
     image = left.imshow(
-        density.numpy(), origin="lower", extent=(x0, x1, y0, y1), aspect="auto", cmap="viridis"
+        density.numpy(),
+        origin="lower",
+        extent=(x0, x1, y0, y1),
+        aspect="auto",
+        cmap="viridis",
+        interpolation="bilinear",
     )
-    fig.colorbar(image, ax=left, label="p(x)")
+    fig.colorbar(image, ax=left, label="p(x)", fraction=0.06, pad=0.02)
     left.scatter(data[:, 0], data[:, 1], s=2, c="white", alpha=0.5, linewidths=0)
     left.set_title("model density and data")
     right.scatter(data[:, 0], data[:, 1], s=3, c="0.6", alpha=0.6, linewidths=0, label="data")
@@ -193,6 +200,7 @@ def sample_figure(
     data: Tensor | None = None,
     log_density: LogDensity | None = None,
     title: str = "",
+    grid_size: int = 64,
 ) -> Figure:
     """The figure that fits the data: an image grid when ``image_shape`` is given; for 1-D
     data histograms and the density curve; for 2-D data with ``log_density`` and ``data`` a
@@ -211,5 +219,5 @@ def sample_figure(
     if samples.shape[1] == 1:
         return line_figure(samples, data=data, log_density=log_density, title=title)
     if samples.shape[1] == 2 and log_density is not None and data is not None:
-        return density_figure(log_density, data, samples, title=title)
+        return density_figure(log_density, data, samples, title=title, grid_size=grid_size)
     return projection_figure(data, samples, title=title)

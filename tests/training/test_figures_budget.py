@@ -72,7 +72,7 @@ def clock(monkeypatch):
 
 def test_figures_take_at_most_their_share_of_the_run(tmp_path, clock):
     titles = _run(
-        DensityFigures(max_time_share=0.1),
+        DensityFigures(max_time_share=0.1, first_cost=1.0),
         tmp_path,
         30,
         max_epochs=30,
@@ -81,7 +81,8 @@ def test_figures_take_at_most_their_share_of_the_run(tmp_path, clock):
         clock=clock,
     )
     spent = len(titles) * 1.0
-    assert titles[0] == "epoch 0" and titles[-1] == "epoch 29"
+    # The first figure once the run has lasted first_cost / share = 10 s: epoch 4.
+    assert titles[0] == "epoch 4" and titles[-1] == "epoch 29"
     assert 2 < len(titles) < 30
     # At most the share, plus the final figure that is drawn regardless.
     assert spent <= 0.1 * clock.now + 1.0
@@ -101,17 +102,18 @@ def test_without_a_share_every_due_epoch_is_drawn(tmp_path, clock):
 
 
 def test_the_final_model_is_drawn_after_early_stopping(tmp_path, clock):
-    # Stopped at epoch 4 of 100: epochs 1-4 were skipped by the budget; the end draws epoch 4.
+    # Stopped at epoch 4 of 100 after 2.5 s: too short for a figure within 10% of it (the
+    # first is assumed to take 0.5 s), so the end draws the final model, epoch 4, only.
     titles = _run(
         DensityFigures(max_time_share=0.1),
         tmp_path,
         5,
         max_epochs=100,
-        train_s=1.0,
+        train_s=0.5,
         figure_s=1.0,
         clock=clock,
     )
-    assert titles == ["epoch 0", "epoch 4"]
+    assert titles == ["epoch 4"]
     # Nothing pending: the end draws nothing more.
     titles = _run(
         DensityFigures(max_time_share=None),
@@ -129,3 +131,9 @@ def test_the_final_model_is_drawn_after_early_stopping(tmp_path, clock):
 def test_max_time_share_is_checked(bad):
     with pytest.raises(ValueError, match="max_time_share"):
         DensityFigures(max_time_share=bad)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan"), True, "1"])
+def test_first_cost_is_checked(bad):
+    with pytest.raises(ValueError, match="first_cost"):
+        DensityFigures(first_cost=bad)
