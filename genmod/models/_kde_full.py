@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from genmod.models.bandwidth import normalised_weights
 from genmod.models.mvn import mvn_box, normal_interval
 
 if TYPE_CHECKING:
@@ -43,11 +44,7 @@ def weighted_covariance(data: Tensor, weights: Tensor | None = None) -> Tensor:
     """``Sigma = sum_i w_i (y_i - mu)(y_i - mu)^T / (1 - sum_i w_i^2)`` ``[D, D]`` (float64),
     ``w`` normalised to sum to one (``1 / M`` without weights: the ``ddof=1`` covariance)."""
     x = data.double()
-    n = x.shape[0]
-    if weights is None:
-        w = torch.full((n,), 1.0 / n, dtype=torch.float64, device=x.device)
-    else:
-        w = weights.double() / weights.double().sum()
+    w = normalised_weights(x, weights)
     centred = x - w @ x
     cov = (centred * w.unsqueeze(1)).mT @ centred / (1.0 - (w * w).sum())
     return 0.5 * (cov + cov.mT)

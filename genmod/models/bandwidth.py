@@ -44,6 +44,15 @@ def effective_sample_size(weights: Tensor) -> float:
     return float(w.sum() ** 2 / (w * w).sum())
 
 
+def normalised_weights(x: Tensor, weights: Tensor | None) -> Tensor:
+    """Weights ``[M]`` of the rows of ``x`` as float64 summing to one (``1 / M`` each
+    without weights), on ``x``'s device."""
+    if weights is None:
+        n = x.shape[0]
+        return torch.full((n,), 1.0 / n, dtype=torch.float64, device=x.device)
+    return weights.double() / weights.double().sum()
+
+
 def weighted_std(data: Tensor, weights: Tensor | None = None) -> Tensor:
     """Per-dimension standard deviation ``[D]`` (float64) with the unbiased correction.
 
@@ -52,11 +61,7 @@ def weighted_std(data: Tensor, weights: Tensor | None = None) -> Tensor:
     NaN where fewer than two effective points make it undefined.
     """
     x = data.double()
-    n = x.shape[0]
-    if weights is None:
-        w = torch.full((n,), 1.0 / n, dtype=torch.float64, device=x.device)
-    else:
-        w = weights.double() / weights.double().sum()
+    w = normalised_weights(x, weights)
     mean = w @ x
     denom = 1.0 - (w * w).sum()
     std = ((w @ (x - mean) ** 2) / denom).clamp_min(0.0).sqrt()
