@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from genmod.ops._triton_profiles import log2_profile, neg2_dlog_profile
+from genmod.ops._triton_profiles import direct_d2, log2_profile, neg2_dlog_profile
 
 __all__ = ["lse_bwd_x_kernel", "lse_bwd_y_kernel"]
 
@@ -95,12 +95,7 @@ def lse_bwd_x_kernel(
         y_rows = y_base + offs_m.to(tl.int64) * stride_ym
         cy = tl.load(cy_ptr + b * M + offs_m, mask=mask_m, other=float("-inf"))
         if DIRECT:
-            d2 = tl.zeros([BLOCK_N, BLOCK_M], dtype)
-            for d in tl.static_range(DIM):
-                xd = tl.load(x_rows + d, mask=mask_n, other=0.0)
-                yd = tl.load(y_rows + d, mask=mask_m, other=0.0)
-                diff = xd[:, None] - yd[None, :]
-                d2 += diff * diff
+            d2 = direct_d2(x_rows, y_rows, mask_n, mask_m, DIM)
             if PROFILE == 0:
                 t = cy[None, :] - (0.5 * k) * d2 - lse[:, None]
             else:
@@ -200,12 +195,7 @@ def lse_bwd_y_kernel(
         lse = tl.load(lse_ptr + b * N + offs_n, mask=mask_n, other=float("inf"))
         g = tl.load(g_ptr + b * N + offs_n, mask=mask_n, other=0.0)
         if DIRECT:
-            d2 = tl.zeros([BLOCK_M, BLOCK_N], dtype)
-            for d in tl.static_range(DIM):
-                yd = tl.load(y_rows + d, mask=mask_m, other=0.0)
-                xd = tl.load(x_rows + d, mask=mask_n, other=0.0)
-                diff = xd[None, :] - yd[:, None]
-                d2 += diff * diff
+            d2 = direct_d2(y_rows, x_rows, mask_m, mask_n, DIM)
             if PROFILE == 0:
                 t = cy[:, None] - (0.5 * k) * d2 - lse[None, :]
             else:

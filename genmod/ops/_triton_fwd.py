@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from genmod.ops._triton_profiles import log2_profile
+from genmod.ops._triton_profiles import direct_d2, log2_profile
 
 __all__ = ["lse_fwd_kernel"]
 
@@ -88,12 +88,7 @@ def lse_fwd_kernel(
         # Out-of-range columns get cy = -inf, so they drop out without a per-pair mask.
         cy = tl.load(cy_base + offs_m, mask=mask_m, other=float("-inf"))
         if DIRECT:
-            d2 = tl.zeros([BLOCK_N, BLOCK_M], dtype)
-            for d in tl.static_range(DIM):
-                xd = tl.load(x_rows + d, mask=mask_n, other=0.0)
-                yd = tl.load(y_rows + d, mask=mask_m, other=0.0)
-                diff = xd[:, None] - yd[None, :]
-                d2 += diff * diff
+            d2 = direct_d2(x_rows, y_rows, mask_n, mask_m, DIM)
             if PROFILE == 0:
                 t = cy[None, :] - (0.5 * k) * d2
             else:  # k ln 2 = 1 / s^2

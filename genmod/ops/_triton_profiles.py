@@ -17,10 +17,29 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["log2_profile", "neg2_dlog_profile"]
+__all__ = ["direct_d2", "log2_profile", "neg2_dlog_profile"]
 
 _LOG2E = 1.4426950408889634
 _HALF_PI = 1.5707963267948966
+
+
+@triton.jit
+def direct_d2(a_rows, b_rows, mask_a, mask_b, DIM: tl.constexpr):
+    """``|a_i - b_j|^2`` ``[len(a), len(b)]`` from explicit differences, one dimension at a
+    time (``a_rows`` / ``b_rows``: pointers to the first coordinate of each row; masked rows
+    read 0): no cancellation, unlike ``|a|^2 + |b|^2 - 2 a.b``."""
+    diff = (
+        tl.load(a_rows, mask=mask_a, other=0.0)[:, None]
+        - tl.load(b_rows, mask=mask_b, other=0.0)[None, :]
+    )
+    d2 = diff * diff
+    for d in tl.static_range(1, DIM):
+        diff = (
+            tl.load(a_rows + d, mask=mask_a, other=0.0)[:, None]
+            - tl.load(b_rows + d, mask=mask_b, other=0.0)[None, :]
+        )
+        d2 += diff * diff
+    return d2
 
 
 @triton.jit
