@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from genmod.ops import checks_values
+
 __all__ = ["DensityModel", "check_points", "check_generator"]
 
 
@@ -21,7 +23,8 @@ def check_points(x: Any, name: str = "x", dim: int | None = None) -> Tensor:
 
     Raises:
         ValueError: naming ``name`` when ``x`` is not a tensor, not 2-D, not floating,
-            has the wrong number of columns, or holds NaN / Inf (the first bad row is named).
+            has the wrong number of columns, or holds NaN / Inf (the first bad row is named;
+            not checked inside :func:`genmod.ops.trusted_inputs`).
     """
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -33,6 +36,8 @@ def check_points(x: Any, name: str = "x", dim: int | None = None) -> Tensor:
         raise ValueError(f"{name} has dimension {x.shape[1]}, but the model's is {dim}")
     if x.device.type == "meta":
         raise ValueError(f"{name} is on the meta device (shapes only): it holds no values")
+    if not checks_values():  # inside genmod.ops.trusted_inputs: no host synchronisation
+        return x
     finite = torch.isfinite(x).all(dim=1)
     if not bool(finite.all()):
         row = int((~finite).nonzero()[0, 0])

@@ -12,7 +12,7 @@ from genmod.models import _kde_fit, _kde_full, _sharding
 from genmod.models.bandwidth import resolve_bandwidth
 from genmod.models.base import DensityModel, check_generator, check_points, check_weights
 from genmod.models.kernels import check_kernel, log_normalizer, sample_kernel
-from genmod.ops import min_scale, pairwise_logsumexp
+from genmod.ops import checks_values, min_scale, pairwise_logsumexp
 from genmod.ops.distributed import sharded_pairwise_logsumexp
 from genmod.progress import Progress
 
@@ -144,6 +144,8 @@ class KDE(DensityModel):
         if self._shard is not None:  # zero weights stay (-inf): indices remain global
             offset = self._shard.offset
             return y, lw[offset : offset + y.shape[0]], None
+        if not checks_values():  # trusted: keep zero weights (-inf) rather than sync
+            return y, lw, None
         keep = lw > -math.inf
         if bool(keep.all()):
             return y, lw, None
@@ -156,7 +158,11 @@ class KDE(DensityModel):
         """``log sum_j w_j K_h(x_i - y_j)`` (unnormalised weights as given in ``lw``)."""
         kw = {"kernel": self.kernel, "exclude": exclude}
         smallest = min_scale(x.dtype)
-        if bool((log_h < math.log(smallest)).any()):
+        if not checks_values():
+            # Trusted (the training loop): no host sync; a bandwidth that learned its way
+            # below the floor is held at it, and the next checked call (validation) raises.
+            log_h = log_h.clamp_min(math.log(smallest))
+        elif bool((log_h < math.log(smallest)).any()):
             h = float(log_h.detach().min().exp())
             raise ValueError(
                 f"bandwidth {h:.3g} is below the smallest {str(x.dtype)[6:]} supports "
@@ -196,6 +202,8 @@ class KDE(DensityModel):
         if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
             raise ValueError(f"index must have an integer dtype, got {index.dtype}")
         index = index.to(device=self.data.device, dtype=torch.long)
+        if not checks_values():
+            return index
         bad = (index < 0) | (index >= self.num_points)
         if bool(bad.any()):
             row = int(bad.nonzero()[0, 0])
@@ -217,7 +225,7 @@ class KDE(DensityModel):
         before = torch.cat([ninf, torch.logcumsumexp(full, 0)[:-1]])
         after = torch.cat([torch.logcumsumexp(full.flip(0), 0).flip(0)[1:], ninf])
         rest = torch.logaddexp(before, after)[index]
-        if bool((rest == -math.inf).any()):
+        if checks_values() and bool((rest == -math.inf).any()):
             raise ValueError(
                 "weights: leave-one-out needs a second point with positive weight, but row "
                 f"{int(index[rest == -math.inf][0])} holds all of it"
@@ -256,10 +264,10 @@ class KDE(DensityModel):
             raise ValueError(f"index has {index.shape[0]} entries but x has {x.shape[0]} rows")
         if self.log_weights is None:
             return -self._loo(x, index, self.log_bandwidth, x.dtype).mean()
+        # Zero-weight rows count 0 (where, not a boolean mask: no host synchronisation).
         scaled = self.log_weights[index].exp() * self.num_points
-        keep = scaled > 0
-        loo = self._loo(x[keep], index[keep], self.log_bandwidth, x.dtype)
-        return -(scaled[keep] * loo).sum() / index.shape[0]
+        loo = self._loo(x, index, self.log_bandwidth, x.dtype)
+        return -torch.where(scaled > 0, scaled * loo, 0.0).sum() / index.shape[0]
 
     def fit_bandwidth(
         self,

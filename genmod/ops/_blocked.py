@@ -161,9 +161,12 @@ class BlockedPairwiseLSE(torch.autograd.Function):
         ref = out + 0.5 * inv_s2 * x2 if expanded else out
         # Rows that overflowed (NaN or +inf; the refinement replaced them, so no gradient
         # comes in) are left out: their p is set to 0, never inf * 0, in the tile loop.
-        # On CUDA the check would synchronise with the host: the tiles clean p unconditionally
-        # (one cheap pass), so the tile loop runs without a single host sync.
-        overflowed = x.device.type != "cpu" or bool((out.isnan() | (out == math.inf)).any())
+        # Only the expansion overflows (|x|^2 beyond the dtype): explicit differences of
+        # finite points give scores <= max(lw) < inf. On CUDA the check would synchronise
+        # with the host: the tiles clean p unconditionally (one cheap pass) instead.
+        overflowed = expanded and (
+            x.device.type != "cpu" or bool((out.isnan() | (out == math.inf)).any())
+        )
         ref = ref.masked_fill((out == -math.inf) | out.isnan(), math.inf)
         g = grad_out.to(x.dtype)
         if expanded and not overflowed and _fused.use_fused(x, B * N * M):

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from genmod.ops._blocked import BlockedPairwiseLSE
 
-__all__ = ["error_estimate", "refine_rows", "TOL"]
+__all__ = ["direct_rows_exact", "error_estimate", "refine_rows", "TOL"]
 
 # Rows whose estimated error exceeds TOL * max(1, |out|) are recomputed. The estimate is at
 # least 1.3x the largest error measured (tests/ops/test_refine.py), so TOL = 1e-4 / 2 keeps
@@ -62,6 +62,20 @@ def error_estimate(
         # grows like sqrt(D) (tests/ops/test_refine.py checks the estimate bounds it).
         dim_factor = max(1.0, math.sqrt(x.shape[-1] / 32.0))
         return 2.0 * dim_factor * eps * (x_norm + y_far).square() / (2.0 * s2)
+
+
+def direct_rows_exact(dim: int, M: int, dtype: torch.dtype) -> bool:
+    """True when explicit differences without weights can flag no row, so refinement (and
+    its host synchronisation) is skipped with no check at all.
+
+    With ``lw = 0`` and finite inputs every score is ``<= 0`` and ``out <= log M``: no NaN
+    or +inf, and ``reach = log M - out``. The estimate ``(D + 4) eps reach`` then exceeds
+    ``TOL max(1, |out|)`` for no ``out`` once ``(D + 4) eps (log M + 1) <= TOL``: for
+    ``out >= -1`` reach is at most ``log M + 1``, and for ``out < -1``
+    ``log M + |out| <= (log M + 1) |out|``. In float32 at D = 8 that holds up to
+    ``M = e^34``."""
+    eps = torch.finfo(dtype).eps
+    return (dim + 4) * eps * (math.log(max(M, 1)) + 1.0) <= TOL
 
 
 def _flag_rows(

@@ -1,13 +1,50 @@
-"""Argument checks for :func:`genmod.ops.pairwise_logsumexp` (errors name the argument)."""
+"""Argument checks for :func:`genmod.ops.pairwise_logsumexp` (errors name the argument).
+
+Checks of values (NaN / Inf, index ranges, the scale's floor) read a result on the host: on
+CUDA each is a synchronisation that stalls the queue. :func:`trusted_inputs` switches them
+off where the inputs are known good, as a training loop over validated data does; shapes,
+dtypes and devices are always checked (they cost nothing).
+"""
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_inputs", "min_scale"]
+__all__ = ["check_inputs", "checks_values", "min_scale", "trusted_inputs"]
+
+_state = threading.local()
+
+
+def checks_values() -> bool:
+    """False inside :func:`trusted_inputs` (this thread), else True."""
+    return not getattr(_state, "trusted", False)
+
+
+@contextmanager
+def trusted_inputs(trusted: bool = True) -> Iterator[None]:
+    """Within the block, genmod skips the input checks that read values on the host.
+
+    Inputs must then be finite, indices in range and scales above :func:`min_scale`, as
+    the checks would have ensured; what breaks the promise gives NaN, not an error. The
+    training loop enters it for batches of its validated data, so a step makes no host
+    synchronisation of genmod's own. Nests; ``trusted_inputs(False)`` restores checking.
+
+    Example:
+        >>> with trusted_inputs():
+        ...     out = pairwise_logsumexp(x, y, scale)  # no .item() / bool() on the inputs
+    """
+    before = getattr(_state, "trusted", False)
+    _state.trusted = bool(trusted)
+    try:
+        yield
+    finally:
+        _state.trusted = before
 
 
 def min_scale(dtype: torch.dtype) -> float:
@@ -29,7 +66,7 @@ def _check_points(t: object, name: str) -> Tensor:
         raise ValueError(f"{name} must have a floating dtype, got {t.dtype}")
     if t.device.type == "meta":
         raise ValueError(f"{name} is on the meta device (shapes only): it holds no values")
-    if not bool(torch.isfinite(t).all()):
+    if checks_values() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     return t
 
@@ -41,7 +78,11 @@ def check_inputs(
     log_weights: Tensor | None,
     exclude: Tensor | None,
 ) -> Tensor:
-    """Validate the op's arguments; return ``scale`` as a 0-d tensor of x's dtype/device."""
+    """Validate the op's arguments; return ``scale`` as a 0-d tensor of x's dtype/device.
+
+    Inside :func:`trusted_inputs` a tensor ``scale``, NaN / Inf and ``exclude``'s range are
+    not read (no host synchronisation); shapes, dtypes and devices are still checked."""
+    values = checks_values()
     _check_points(x, "x")
     _check_points(y, "y")
     if x.dtype != y.dtype:
@@ -59,18 +100,18 @@ def check_inputs(
             raise ValueError(f"scale must be a scalar, got shape {tuple(scale.shape)}")
         if scale.device != x.device:
             raise ValueError(f"scale is on {scale.device} but x is on {x.device}")
-        s_val = float(scale.detach())
         scale_t = scale.reshape(()).to(x.dtype)
+        s_val = float(scale.detach()) if values else None
     else:
         try:
             s_val = float(scale)
         except (TypeError, ValueError):
             raise ValueError(f"scale must be a positive number, got {scale!r}") from None
         scale_t = torch.tensor(s_val, dtype=x.dtype, device=x.device)
-    if not (math.isfinite(s_val) and s_val > 0):
-        raise ValueError(f"scale must be finite and > 0, got {s_val}")
     smallest = min_scale(x.dtype)
-    if s_val < smallest:
+    if s_val is not None and not (math.isfinite(s_val) and s_val > 0):
+        raise ValueError(f"scale must be finite and > 0, got {s_val}")
+    if s_val is not None and s_val < smallest:
         raise ValueError(
             f"scale={s_val:.3g} is below the smallest {_dtype_name(x.dtype)} supports "
             f"({smallest:.3g}: 1 / scale^2 overflows it); pass float64 inputs"
@@ -85,7 +126,7 @@ def check_inputs(
             )
         if log_weights.device != x.device:
             raise ValueError(f"log_weights is on {log_weights.device} but x is on {x.device}")
-        if bool(torch.isnan(log_weights).any()) or bool((log_weights == math.inf).any()):
+        if values and bool((log_weights.isnan() | (log_weights == math.inf)).any()):
             raise ValueError("log_weights contains NaN or +Inf (-Inf, a zero weight, is allowed)")
     if exclude is not None:
         if not isinstance(exclude, Tensor) or exclude.dtype not in (torch.int32, torch.int64):
@@ -95,6 +136,6 @@ def check_inputs(
                 f"exclude must have shape [..., N] with N = {x.shape[-2]}, "
                 f"got {tuple(exclude.shape)}"
             )
-        if exclude.numel() and (int(exclude.min()) < -1 or int(exclude.max()) >= y.shape[-2]):
+        if values and exclude.numel() and bool(((exclude < -1) | (exclude >= y.shape[-2])).any()):
             raise ValueError(f"exclude values must lie in [-1, {y.shape[-2] - 1}]")
     return scale_t

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from genmod.ops import _blocked, _triton_dispatch
-from genmod.ops._refine import refine_rows
+from genmod.ops._refine import direct_rows_exact, refine_rows
 from genmod.ops._triton_dispatch import DIRECT_MAX_DIM as TRITON_DIRECT_MAX_DIM
 from genmod.ops._validate import check_inputs
 from genmod.ops.profiles import KERNELS
@@ -151,9 +151,10 @@ def pairwise_logsumexp(
         out = _blocked.BlockedPairwiseLSE.apply(x3, y3, scale_t, lw, ex, kernel)
     # Expanded rows are checked and refined (float64 rows too, for tiny bandwidths); the
     # Triton kernels' explicit differences are checked against their own, much smaller, error
-    # estimate (and for overflow), so only rows that truly need it are recomputed.
+    # estimate (and for overflow), so only rows that truly need it are recomputed; without
+    # weights none can need it (direct_rows_exact), and the check and its sync are skipped.
     if expands:
         out = refine_rows(out, x3, y3, scale_t, lw, ex, kernel, raw)
-    elif use_triton:
+    elif use_triton and (log_weights is not None or not direct_rows_exact(D, M, x3.dtype)):
         out = refine_rows(out, x3, y3, scale_t, lw, ex, kernel, raw, direct=True)
     return out.reshape(*batch, N)

@@ -97,3 +97,21 @@ def test_estimate_bounds_the_split_tf32_error(dim, scale, std):
             assert within, (precision, (raw - ref).abs().max().item())
         elif dim >= 5:  # in few dimensions TF32's error can still fall under the estimate
             assert not within, (precision, (raw - ref).abs().max().item())
+
+
+@pytest.mark.parametrize("dim", [1, 2, 8])
+def test_unweighted_direct_rows_never_flag_where_the_bound_says_so(dim: int) -> None:
+    """``direct_rows_exact``: without weights the explicit differences' estimate flags no
+    possible result (``out`` from far below zero up to its maximum ``log M``), so the Triton
+    path skips refinement and its host sync; past the bound's M some result is flagged."""
+    out = torch.cat([-torch.logspace(-6, 6, 4001), torch.linspace(0.0, 1.0, 101)]).float()
+    x = torch.zeros(1, out.numel(), dim)
+    lw = torch.zeros(1, 4)  # M enters through the argument only
+    for M in (2, 10**6, 10**12):
+        assert _refine.direct_rows_exact(dim, M, torch.float32)
+        o = out.clamp_max(math.log(M))[None]
+        assert not _refine._flag_rows(o, x, torch.tensor(0.1), lw, M, direct=True).any()
+    huge = 10**40  # log M = 92.1 > TOL / ((D + 4) eps) - 1 for every D here
+    assert not _refine.direct_rows_exact(dim, huge, torch.float32)
+    flags = _refine._flag_rows(out[None], x, torch.tensor(0.1), lw, huge, direct=True)
+    assert flags.any()

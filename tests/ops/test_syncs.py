@@ -12,6 +12,7 @@ On CUDA the same holds for the syncs the CUDA runtime reports
 
 from __future__ import annotations
 
+import traceback
 import warnings
 
 import pytest
@@ -33,19 +34,37 @@ SYNC_OPS = {
     aten.unique_consecutive.default,
     aten._unique2.default,
 }
+# Ops that sync only with a boolean (mask) index, which they turn into positions on the host.
+MASK_INDEX_OPS = {
+    aten.index.Tensor,
+    aten.index_put.default,
+    aten.index_put_.default,
+    aten._index_put_impl_.default,
+}
 MAX_SYNCS = 12  # input checks, the overflow check, the refinement's row count: per call
 
 
+def _mask_indexed(args: tuple) -> bool:
+    indices = args[1] if len(args) > 1 else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
+
+
 class CountSyncs(TorchDispatchMode):
+    """Counts the aten ops that need a device value on the host (see the module docstring);
+    ``ops`` names each, with the genmod line that called it."""
+
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
         self.ops: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in SYNC_OPS:
+        if func in SYNC_OPS or (func in MASK_INDEX_OPS and _mask_indexed(args)):
             self.count += 1
-            self.ops.append(str(func))
+            frames = [f for f in traceback.extract_stack() if "/genmod/" in f.filename]
+            last = frames[-1] if frames else None
+            where = f" at {last.filename.rsplit('/genmod/', 1)[-1]}:{last.lineno}" if last else ""
+            self.ops.append(str(func) + where)
         return func(*args, **(kwargs or {}))
 
 
