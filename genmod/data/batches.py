@@ -11,8 +11,10 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from genmod.data.preprocess import generator_for
 
 __all__ = [
+    "BatchedIndexedDataset",
     "DistributedEpochShuffleSampler",
     "EpochShuffleSampler",
+    "IndexedBatch",
     "IndexedTensorDataset",
     "collate_indexed",
 ]
@@ -38,8 +40,27 @@ class IndexedTensorDataset(Dataset[tuple[Tensor, int]]):
         return self.x[index], index
 
 
-def collate_indexed(samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
-    """Stack ``(row, index)`` samples into the batch tuple ``(x [b, D], index [b] int64)``."""
+class IndexedBatch(tuple):
+    """``(x [b, D], index [b] int64)`` fetched whole by :class:`BatchedIndexedDataset`."""
+
+
+class BatchedIndexedDataset(IndexedTensorDataset):
+    """:class:`IndexedTensorDataset` that a ``DataLoader`` reads a batch at a time: torch's
+    fetcher calls :meth:`__getitems__` with the batch's indices, one gather ``x[idx]``
+    instead of ``b`` Python calls and a stack (0.6 ms per batch of 256 on CPU, which a GPU
+    step of a few milliseconds would wait on). Its loader's ``collate_fn`` must be
+    :func:`collate_indexed`, which passes the :class:`IndexedBatch` through."""
+
+    def __getitems__(self, indices: list[int]) -> IndexedBatch:
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return IndexedBatch((self.x[index], index))
+
+
+def collate_indexed(samples: list[tuple[Tensor, int]] | IndexedBatch) -> tuple[Tensor, Tensor]:
+    """Stack ``(row, index)`` samples into the batch tuple ``(x [b, D], index [b] int64)``;
+    an :class:`IndexedBatch` (already a batch) is returned as that tuple."""
+    if isinstance(samples, IndexedBatch):
+        return samples[0], samples[1]
     rows, indices = zip(*samples, strict=True)
     return torch.stack(rows), torch.tensor(indices, dtype=torch.int64)
 

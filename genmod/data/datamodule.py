@@ -14,9 +14,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from genmod.data.batches import (
+    BatchedIndexedDataset,
     DistributedEpochShuffleSampler,
     EpochShuffleSampler,
-    IndexedTensorDataset,
     collate_indexed,
 )
 from genmod.data.digits import DIGITS_IMAGE_SHAPE, load_digits
@@ -307,7 +307,7 @@ class DensityDataModule(L.LightningDataModule):
     def _loader(self, x: Tensor, batch_size: int, sampler: Sampler[int] | None) -> Any:
         workers = self.hparams.num_workers
         return DataLoader(
-            IndexedTensorDataset(x),
+            BatchedIndexedDataset(x),
             batch_size=batch_size,
             sampler=sampler,
             shuffle=False,

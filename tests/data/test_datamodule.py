@@ -190,6 +190,31 @@ def test_dataloaders_yield_rows_with_their_index():
         assert torch.equal(torch.cat([b[0] for b in batches]), data)
 
 
+def test_loaders_fetch_a_batch_with_one_gather(monkeypatch):
+    """The loaders call ``__getitems__`` once per batch (never ``__getitem__`` per row), and
+    give what per-row fetching and :func:`collate_indexed` would."""
+    from genmod.data.batches import BatchedIndexedDataset, IndexedTensorDataset, collate_indexed
+
+    dm = _module(name="moons", n_samples=500, batch_size=64)
+    loader = dm.train_dataloader()
+    assert isinstance(loader.dataset, BatchedIndexedDataset)
+    loader.sampler.set_epoch(2)
+    indices = list(loader.sampler)
+    per_row = [
+        collate_indexed([IndexedTensorDataset(dm.train_data)[i] for i in indices[k : k + 64]])
+        for k in range(0, len(indices), 64)
+    ]
+
+    def refuse(self, index):
+        raise AssertionError("a row fetched alone")
+
+    monkeypatch.setattr(BatchedIndexedDataset, "__getitem__", refuse)
+    batched = list(loader)
+    assert len(batched) == len(per_row) == 7
+    for (x, i), (x_ref, i_ref) in zip(batched, per_row, strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(i, i_ref)
+
+
 def test_train_order_is_a_function_of_seed_and_epoch():
     def order(dm, epoch):
         loader = dm.train_dataloader()
