@@ -28,7 +28,12 @@ __all__ = [
 ]
 
 
+_SUBPACKAGES = ("cli", "data", "models", "ops", "progress", "sklearn", "training")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:  # genmod.ops.trusted_inputs() after a bare ``import genmod``
+        return importlib.import_module(f"genmod.{name}")
     if name == "pairwise_logsumexp":
         return importlib.import_module("genmod.ops").pairwise_logsumexp
     if name in __all__:

@@ -158,3 +158,30 @@ def test_batches_of_other_loaders_are_checked() -> None:
     with pytest.raises(ValueError, match="x contains NaN or Inf"):
         trainer.fit(module, train_dataloaders=loader)
     assert not module._trusted
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["kde", "kde_weighted", "gaussian", "lvm_prior"])
+def test_trusted_training_step_never_syncs_cuda(name: str) -> None:
+    """On CUDA the runtime's own count (``set_sync_debug_mode("warn")`` warns once per sync)
+    of a trusted step (D = 2: the Triton explicit-difference kernels, no refinement for
+    the unweighted KDE), after a warm-up step that compiles the kernels."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = MODELS[name]().cuda()
+    x, index = DATA[INDEX].cuda(), INDEX.cuda()
+    with trusted_inputs():
+        model.training_loss(x, index).backward()  # compiles the kernels
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.training_loss(x, index).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    limit = 1 if name == "kde_weighted" else 0  # weighted rows: refinement counts its rows
+    assert len(syncs) <= limit, syncs
