@@ -7,6 +7,7 @@ from __future__ import annotations
 __all__ = [
     "ACCURACY",
     "BIG_PAIRS",
+    "FUSED",
     "GRADS",
     "LABELS",
     "PRECISION_ROWS",
@@ -20,6 +21,7 @@ LABELS = {
     "genmod-bwd": "genmod fwd+bwd (grad x, y, h)",
     "genmod-bwd-h": "genmod fwd+bwd (grad h: KDE fit)",
     "genmod-bwd-yh": "genmod fwd+bwd (grad y, h: LVM decoder)",
+    "genmod-bwd-fused": "genmod fwd+bwd (grad x, y, h), GENMOD_TRITON_BWD=fused",
     "genmod-ieee": "genmod fwd, precision='ieee'",
     "genmod-tf32": "genmod fwd, precision='tf32'",
     "sklearn": "scikit-learn KernelDensity",
@@ -35,6 +37,8 @@ LABELS = {
 # --precisions, CUDA: the forward in the kernel's other product modes (the default is tf32x3)
 PRECISION_ROWS = ["genmod-ieee", "genmod-tf32"]
 GRADS = ("genmod-bwd", "genmod-bwd-h", "genmod-bwd-yh")  # the three gradient sets timed
+# CUDA: the all-inputs set again with the opt-in one-pass backward (genmod.ops._triton_bwd_fused)
+FUSED = "genmod-bwd-fused"
 BIG_PAIRS = 1e11  # above this many pairs only genmod and KeOps run (issue 5)
 ACCURACY = 1e-4  # DESIGN.md section 3: |err| / max(1, |ref|) of float32 results
 
@@ -63,6 +67,7 @@ TARGETS: dict[tuple[str, tuple[int, int, int]], dict[str, float]] = {
         "time": 0.010,
         "keops": 4.0,
         "fwd+bwd": 4.0,
+        "fwd+bwd-fused": 4.0,
         "fwd+bwd-yh": 3.5,
         "fwd+bwd-h": 2.2,
         "ieee-floor": 1.5,
@@ -88,6 +93,12 @@ RATIOS = {
     "fwd+bwd": ("genmod fwd+bwd (grad x, y, h) / fwd, paired", "genmod-bwd", "genmod", True),
     "fwd+bwd-h": ("genmod fwd+bwd (grad h) / fwd, paired", "genmod-bwd-h", "genmod", True),
     "fwd+bwd-yh": ("genmod fwd+bwd (grad y, h) / fwd, paired", "genmod-bwd-yh", "genmod", True),
+    "fwd+bwd-fused": (
+        "genmod fwd+bwd (grad x, y, h), GENMOD_TRITON_BWD=fused / fwd, paired",
+        FUSED,
+        "genmod",
+        True,
+    ),  # fmt: skip
     "bwd": ("genmod bwd / fwd = (fwd+bwd - fwd) / fwd, paired", "bwd", "genmod", True),
     "fb-floor": ("genmod fwd+bwd (grad x, y, h) / its floor", "genmod-bwd", "floor-fb", True),
     "floor-fb": (
@@ -98,7 +109,7 @@ RATIOS = {
     ),
 }
 # Ratios printed only where their rows were measured (no "n/a" line otherwise).
-OPTIONAL = {"time-ieee", "ieee-floor", "fb-floor", "floor-fb"}
+OPTIONAL = {"time-ieee", "ieee-floor", "fb-floor", "floor-fb", "fwd+bwd-fused"}
 
 
 def targets(rows: list[dict], device: str) -> list[str]:
@@ -112,7 +123,7 @@ def targets(rows: list[dict], device: str) -> list[str]:
         tag = f"{'x'.join(map(str, size))} h={h:.3g}:"
         times = {k: r["time"] for k, r in g.items() if "time" in r}
         if "genmod" in times:  # fwd+bwd / fwd from the calls paired in one process
-            for tool in GRADS:
+            for tool in (*GRADS, FUSED):
                 if "paired" in g.get(tool, {}):
                     times[tool] = g[tool]["paired"] * times["genmod"]
         if "genmod-bwd" in times and "genmod" in times:
@@ -138,9 +149,9 @@ def targets(rows: list[dict], device: str) -> list[str]:
             status = "PASS" if ok else "FAIL"
             value = fmt_value(v)
             lines.append(f"{status}  {tag} {label} = {value} (target {sign} {bounds[key]}){extra}")
-        for tool in ("genmod", *GRADS, *PRECISION_ROWS):
+        for tool in ("genmod", *GRADS, FUSED, *PRECISION_ROWS):
             e = g.get(tool, {}).get("err")
-            if tool in PRECISION_ROWS and e is None:
+            if tool in (FUSED, *PRECISION_ROWS) and e is None:
                 continue
             status = "n/a " if e is None else ("PASS" if e <= ACCURACY else "FAIL")
             if tool == "genmod-tf32":  # opt-in, documented as outside the bound

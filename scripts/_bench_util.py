@@ -110,7 +110,9 @@ def _build(tool: str, x: Tensor, y: Tensor, h: float, state: dict) -> Callable[[
     if tool in ("genmod", "genmod-ieee", "genmod-tf32"):
         prec = "auto" if tool == "genmod" else tool.removeprefix("genmod-")
         return lambda q: pairwise_logsumexp(x[:q], y, h, precision=prec)
-    if tool == "genmod-bwd":
+    if tool in ("genmod-bwd", "genmod-bwd-fused"):
+        if tool == "genmod-bwd-fused":  # read by each backward; this is the tool's own process
+            os.environ["GENMOD_TRITON_BWD"] = "fused"
 
         def fwd_bwd(q: int) -> Tensor:
             xs, ys = x[:q].detach().requires_grad_(), y.detach().requires_grad_()

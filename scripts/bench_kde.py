@@ -1,7 +1,8 @@
 """Benchmark genmod's ``pairwise_logsumexp`` against the tools users would pick instead.
 
 On the same seeded float32 data (a whitened Gaussian mixture) it times genmod forward and
-forward+backward, scikit-learn ``KernelDensity.score_samples``, scipy ``gaussian_kde.logpdf``,
+forward+backward (on CUDA also with the opt-in one-pass backward, ``GENMOD_TRITON_BWD=fused``),
+scikit-learn ``KernelDensity.score_samples``, scipy ``gaussian_kde.logpdf``,
 KeOps' ``LazyTensor`` logsumexp, a naive torch ``cdist`` + ``logsumexp`` in row blocks, and the
 floor of the problem (a blocked GEMM ``x @ y.T`` and one ``exp`` per pair into preallocated
 buffers). Each tool runs in its own forked process; the table gives the median time, the
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import _bench_util as bu
-from _bench_targets import BIG_PAIRS, GRADS, LABELS, PRECISION_ROWS, targets
+from _bench_targets import BIG_PAIRS, FUSED, GRADS, LABELS, PRECISION_ROWS, targets
 
 __all__ = ["main"]
 
@@ -83,6 +84,8 @@ def tools_for(args: argparse.Namespace, n: int, m: int) -> list[str]:
     else:
         tools = ["genmod", *GRADS, "sklearn", "scipy", "keops", "torch-naive"]
         tools += ["floor-gemm", "floor-exp"]
+        if args.device == "cuda":  # the opt-in one-pass backward (a Triton-only switch)
+            tools.insert(1 + len(GRADS), FUSED)
         if args.precisions and args.device == "cuda":
             tools[1:1] = PRECISION_ROWS
             tools.append("floor-gemm-tf32")

@@ -11,7 +11,9 @@
 # Phases, in order (caps in seconds):
 #   1 pytest -m gpu (110)            the CUDA tests: compiled Triton kernels, sync counts
 #   2 bench (115)                    100k x 100k x 64: fwd in the three precisions, the three
-#                                    gradient sets, KeOps, torch, the cuBLAS GEMM / exp floors;
+#                                    gradient sets (grad x, y, h also with the one-pass
+#                                    GENMOD_TRITON_BWD=fused backward), KeOps, torch, the
+#                                    cuBLAS GEMM / exp floors;
 #                                    then 1M x 1M x 64: fwd, fwd+bwd (h), KeOps, peak memory
 #   3 bench low-D (45)               256 x 160k x 2 at h = 0.04 (a KDE training step's shape)
 #                                    and 20k x 20k x {1, 2, 3}: the explicit-difference kernels
@@ -92,8 +94,8 @@ else
     rc=${PIPESTATUS[0]}
     [[ $rc -eq 0 ]] || status=1
     echo "   pytest -m gpu: exit $rc at ${SECONDS} s" | tee -a "$OUT/phases.txt"
-    tools=genmod,genmod-bwd,genmod-bwd-h,genmod-bwd-yh,genmod-ieee,genmod-tf32,keops
-    tools+=,torch-naive,floor-gemm,floor-gemm-tf32,floor-exp
+    tools=genmod,genmod-bwd,genmod-bwd-fused,genmod-bwd-h,genmod-bwd-yh,genmod-ieee,genmod-tf32
+    tools+=,keops,torch-naive,floor-gemm,floor-gemm-tf32,floor-exp
     # 100k then 1M (fwd, fwd+bwd (h), KeOps there): one section, rewritten after each size
     phase "bench 100k, 1M" 115 bench_cuda.log "${bench[@]}" --device cuda --precisions \
         --tools "$tools" --max-seconds 20 --timeout 60 || status=1

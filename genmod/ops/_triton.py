@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from genmod.ops._triton_dispatch import DIRECT_MAX_DIM
-from genmod.ops._triton_launch import interpreting, launch
+from genmod.ops._triton_launch import backward_mode, interpreting, launch
 from genmod.ops.profiles import KERNELS
 
 __all__ = ["PRECISIONS", "triton_available", "triton_pairwise_lse"]
@@ -100,6 +100,9 @@ class _PairwiseLSE(torch.autograd.Function):
 
         x, y, scale, yy, cy, lse, exclude = ctx.saved_tensors
         need_x, need_y, need_s, need_w = ctx.needs_input_grad[:4]
+        # GENMOD_TRITON_BWD=fused: one score pass for both sides (expanded path only, and only
+        # when both sides are wanted; otherwise a split kernel alone does the work).
+        fused = backward_mode() == "fused" and not ctx.direct and need_x and (need_y or need_w)
         batch, n, dim = x.shape
         m = y.shape[1]
         g = grad_out.to(x.dtype).contiguous()
@@ -113,6 +116,9 @@ class _PairwiseLSE(torch.autograd.Function):
                      HAS_EXCLUDE=exclude is not None, PRECISION=ctx.precision)  # fmt: skip
         args = (n, m, dim, x.stride(0), x.stride(1), y.stride(0), y.stride(1))
         grad_x = grad_y = grad_s = grad_w = None
+        if fused:
+            return (*_fused_backward(x, y, yy, cy, lse, g, k, inv_s2, excl, s, scale, need_y,
+                                     need_s, need_w, flags, args), None, None, None)  # fmt: skip
         if need_x or need_s:
             # Without need_x the kernel skips the P @ y product (and uses the forward's tiles):
             # a bandwidth step pays only for the recomputed scores.
@@ -143,6 +149,31 @@ class _PairwiseLSE(torch.autograd.Function):
             grad_y = gy if need_y else None
             grad_w = gw if need_w else None
         return grad_x, grad_y, grad_s, grad_w, None, None, None
+
+
+def _fused_backward(x, y, yy, cy, lse, g, k, inv_s2, excl, s, scale, need_y, need_s, need_w,
+                    flags, args):  # fmt: skip
+    """Gradients of x, y, scale and log_weights from ``lse_bwd_fused_kernel`` (one score pass;
+    non-deterministic in the last bits of dL/dx and dL/ds, which it adds up atomically)."""
+    from genmod.ops._triton_bwd_fused import lse_bwd_fused_kernel
+
+    batch, n, _ = x.shape
+    m = y.shape[1]
+    acc = torch.zeros_like(x)  # sum_j P_ij (y_j - x_i), added to atomically
+    sd = x.new_zeros(batch, n)  # sum_j P_ij |x_i - y_j|^2
+    gy = torch.empty_like(y) if need_y else y
+    gw = y.new_zeros(batch, m)
+    if batch * n * m > 0:
+        launch(
+            lse_bwd_fused_kernel, "bwd_fused", flags["PRECISION"], x, m, "BLOCK_M",
+            (x, y, yy, cy, lse, g, k, inv_s2, excl, acc, sd, gy, gw, *args),
+            NEED_Y=need_y, NEED_SD=need_s, HAS_EXCLUDE=flags["HAS_EXCLUDE"],
+            PRECISION=flags["PRECISION"],
+        )  # fmt: skip
+    elif need_y:
+        gy = gy.zero_()
+    grad_s = (sd.sum() * inv_s2 / s).reshape(scale.shape).to(scale) if need_s else None
+    return acc.mul_(inv_s2), gy if need_y else None, grad_s, gw if need_w else None
 
 
 def _check(
@@ -226,6 +257,12 @@ def triton_pairwise_lse(
     x and y there (``genmod.ops.pairwise_logsumexp`` does); at ``D <= 8`` the kernels form
     explicit differences, which need no centring and lose no accuracy to cancellation.
 
+    The backward runs one deterministic kernel per side (rows: dL/dx, dL/ds; columns: dL/dy,
+    dL/dw), each recomputing the scores. With ``GENMOD_TRITON_BWD=fused`` (read at each
+    backward; above D = 8, when dL/dx and dL/dy or dL/dw are all needed) one kernel computes
+    each tile's scores once for both sides, adding the row sums atomically: dL/dx and dL/ds
+    then vary in their last bits from run to run (see ``_triton_bwd_fused``).
+
     Args:
         x: Queries ``[B, N, D]``, float32 or float64, 1 <= D <= 256.
         y: Reference points ``[B, M, D]``, same dtype and device.
@@ -244,7 +281,8 @@ def triton_pairwise_lse(
 
     Raises:
         ValueError: if shapes, dtypes, devices or ``precision`` are unsupported (callers fall
-            back to the torch path), naming the argument.
+            back to the torch path), naming the argument; from the backward, if
+            ``GENMOD_TRITON_BWD`` is set to anything but "split" or "fused".
     """
     _check(x, y, scale, log_weights, exclude, precision, kernel)
     if x.dtype == torch.float64:

@@ -14,12 +14,29 @@ from typing import Any
 
 import torch
 
-__all__ = ["cdiv", "config", "interpreting", "launch"]
+__all__ = ["BACKWARD_MODES", "backward_mode", "cdiv", "config", "interpreting", "launch"]
+
+BACKWARD_MODES = ("split", "fused")
+"""Values of ``GENMOD_TRITON_BWD``: "split" (the default: two deterministic kernels, one per
+side) or "fused" (one score pass for both sides with atomic row sums; see
+``_triton_bwd_fused``)."""
 
 
 def interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def backward_mode() -> str:
+    """The backward kernels asked for by ``GENMOD_TRITON_BWD`` (read at each call; unset or
+    empty means "split"). Raises ValueError naming the variable for any other value."""
+    mode = os.environ.get("GENMOD_TRITON_BWD", "").strip().lower() or "split"
+    if mode not in BACKWARD_MODES:
+        raise ValueError(
+            f"GENMOD_TRITON_BWD must be one of {BACKWARD_MODES} (or unset), got "
+            f"{os.environ['GENMOD_TRITON_BWD']!r}"
+        )
+    return mode
 
 
 def cdiv(a: int, b: int) -> int:
@@ -35,6 +52,15 @@ def cdiv(a: int, b: int) -> int:
 # The tf32x3 backward at D = 64 is from the H200 sweep of 2026-12-04 (100k x 100k, times with
 # the 17 ms forward): bwd_x (128, 64, 8, 2) 72.9 ms against 91.5 ms for (128, 32, 8, 2),
 # bwd_y (64, 64, 4, 2) 76.5 ms against 133 ms for (64, 32, 8, 2).
+# "bwd_fused" (GENMOD_TRITON_BWD=fused; BLOCK_M tiles the y block a program owns, BLOCK_N the
+# streamed x) is not yet timed on a GPU. Its entries come from an ahead-of-time compile for
+# sm_90 without a GPU (Triton 3.9 and its ptxas): the first of (64, 64, 8, 2), (32, 64, 8, 2),
+# (64, 32, 8, 2), (32, 32, 8, 2), (16, 64, 8, 2), (32, 32, 4, 2), (16, 32, 8, 2),
+# (16, 32, 4, 2), (16, 16, 4, 1) with no register spill, the least spill where all spill
+# (D = 256, and D = 128 in ieee). The brief's starting point, bwd_y's (64, 64, 4, 2), spills
+# 2240 bytes at tf32x3 D = 64. A GPU sweep should also try larger BLOCK_M despite some spill:
+# the kernel issues N * D * M / BLOCK_M atomic adds in all (1e10 at 100k x 100k x 64 with
+# BLOCK_M = 64), and (16, 128, 8, 2) halves that for 384 bytes of spill at tf32x3 D = 64.
 _TILES: dict[str, dict[str, dict[int, tuple[int, int, int, int]]]] = {
     "fwd": {
         "ieee": {16: (128, 64, 8, 2), 32: (128, 64, 8, 2), 64: (128, 32, 8, 2),
@@ -60,6 +86,14 @@ _TILES: dict[str, dict[str, dict[int, tuple[int, int, int, int]]]] = {
         "tf32": {16: (128, 64, 8, 2), 32: (128, 64, 8, 2), 64: (128, 64, 8, 2),
                  128: (64, 32, 8, 2), 256: (64, 32, 8, 1)},
     },
+    "bwd_fused": {
+        "ieee": {16: (64, 64, 8, 2), 32: (32, 64, 8, 2), 64: (32, 32, 8, 2),
+                 128: (16, 16, 4, 1), 256: (16, 16, 4, 1)},
+        "tf32x3": {16: (32, 32, 8, 2), 32: (16, 64, 8, 2), 64: (32, 64, 8, 2),
+                   128: (16, 32, 8, 2), 256: (16, 16, 4, 1)},
+        "tf32": {16: (32, 64, 8, 2), 32: (64, 32, 8, 2), 64: (32, 64, 8, 2),
+                 128: (32, 32, 8, 2), 256: (16, 16, 4, 1)},
+    },
 }  # fmt: skip
 
 
@@ -73,8 +107,8 @@ _DIRECT_TILES = {"fwd": (64, 64, 4, 2), "bwd_x": (64, 64, 4, 2), "bwd_y": (64, 6
 def config(
     kernel: str, precision: str, dim: int, dtype: torch.dtype, direct: bool = False
 ) -> dict[str, int]:
-    """Launch meta-parameters of ``kernel`` ("fwd", "bwd_x", "bwd_y") for data dimension ``dim``
-    (``direct``: the explicit-difference kernels of D <= 8).
+    """Launch meta-parameters of ``kernel`` ("fwd", "bwd_x", "bwd_y", "bwd_fused") for data
+    dimension ``dim`` (``direct``: the explicit-difference kernels of D <= 8; never "bwd_fused").
 
     Returns ``BLOCK_N``, ``BLOCK_M``, ``BLOCK_D`` (``dim`` padded to a power of two >= 16, the
     smallest matrix-unit operand), ``num_warps`` and ``num_stages``.

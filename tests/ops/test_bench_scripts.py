@@ -59,6 +59,40 @@ def test_targets_with_derived_rows_and_a_failed_peer() -> None:
     assert any(line.startswith("FAIL") and "grad x, y, h) max rel. error" in line for line in lines)
 
 
+def test_the_fused_backward_row() -> None:
+    """GENMOD_TRITON_BWD=fused: a CUDA-only row, paired with the forward like genmod-bwd and
+    checked against the same bound; absent (no n/a line) where it was not measured."""
+    import argparse
+
+    import bench_kde
+
+    rows = [
+        _row("genmod", 0.017, err=1e-6),
+        _row("genmod-bwd", 0.128, paired=7.5, err=3e-6),
+        _row(bt.FUSED, 0.06, paired=3.5, err=2e-6),
+    ]
+    text = "\n".join(bt.targets(rows, "cuda"))
+    label = "genmod fwd+bwd (grad x, y, h), GENMOD_TRITON_BWD=fused"
+    assert f"PASS  100000x100000x64 h=0.5: {label} / fwd, paired = 3.500 (target <= 4.0)" in text
+    assert f"PASS  100000x100000x64 h=0.5: {label} max rel. error 2.0e-06" in text
+    assert "fused" not in "\n".join(bt.targets(rows[:2], "cuda"))
+    args = argparse.Namespace(device="cuda", tools=None, precisions=False)
+    assert bench_kde.tools_for(args, 1000, 1000)[:5] == ["genmod", *bt.GRADS, bt.FUSED]
+    assert bt.FUSED not in bench_kde.tools_for(
+        argparse.Namespace(**{**vars(args), "device": "cpu"}), 1000, 1000
+    )
+    state: dict = {}
+    old = os.environ.pop("GENMOD_TRITON_BWD", None)
+    try:  # the tool's process asks for the fused backward (a no-op off the Triton path)
+        run = bu._build(bt.FUSED, torch.randn(20, 9), torch.randn(30, 9), 0.5, state)
+        assert os.environ["GENMOD_TRITON_BWD"] == "fused"
+        assert run(20).shape == (20,) and state["grad"].shape == (20, 9)
+    finally:
+        os.environ.pop("GENMOD_TRITON_BWD", None)
+        if old is not None:
+            os.environ["GENMOD_TRITON_BWD"] = old
+
+
 def test_importing_and_running_the_ops_stays_lazy() -> None:
     """A CPU forward + backward imports neither triton nor TorchDynamo (whose import registers
     about 130 custom ops: the start-up cost the H200 profile showed comes from Lightning's
