@@ -10,7 +10,7 @@
 #
 # Phases, in order (caps in seconds):
 #   1 pytest -m gpu (110)            the CUDA tests: compiled Triton kernels, sync counts
-#   2 bench (115)                    100k x 100k x 64: fwd in the three precisions, the three
+#   2 bench (115)                    100k x 100k x 64: fwd in the four precisions, the three
 #                                    gradient sets, KeOps, torch, the cuBLAS GEMM / exp floors;
 #                                    then 1M x 1M x 64: fwd, fwd+bwd (h), KeOps, peak memory
 #   3 bench low-D (45)               256 x 160k x 2 at h = 0.04 (a KDE training step's shape)
@@ -92,8 +92,8 @@ else
     rc=${PIPESTATUS[0]}
     [[ $rc -eq 0 ]] || status=1
     echo "   pytest -m gpu: exit $rc at ${SECONDS} s" | tee -a "$OUT/phases.txt"
-    tools=genmod,genmod-bwd,genmod-bwd-h,genmod-bwd-yh,genmod-ieee,genmod-tf32,keops
-    tools+=,torch-naive,floor-gemm,floor-gemm-tf32,floor-exp
+    tools=genmod,genmod-bwd,genmod-bwd-h,genmod-bwd-yh,genmod-ieee,genmod-tf32,genmod-fp16x3
+    tools+=,keops,torch-naive,floor-gemm,floor-gemm-tf32,floor-exp
     # 100k then 1M (fwd, fwd+bwd (h), KeOps there): one section, rewritten after each size
     phase "bench 100k, 1M" 115 bench_cuda.log "${bench[@]}" --device cuda --precisions \
         --tools "$tools" --max-seconds 20 --timeout 60 || status=1
