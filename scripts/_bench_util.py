@@ -107,7 +107,7 @@ def _build(tool: str, x: Tensor, y: Tensor, h: float, state: dict) -> Callable[[
     (n, d), m = x.shape, y.shape[0]
     kde_const = math.log(m) + 0.5 * d * math.log(2 * math.pi * h * h)  # log M + D/2 log 2pi h^2
     rows = max(1, (CUDA_BLOCK_ELEMS if x.is_cuda else CPU_BLOCK_ELEMS) // m)
-    if tool in ("genmod", "genmod-ieee", "genmod-tf32"):
+    if tool in ("genmod", "genmod-ieee", "genmod-tf32", "genmod-fp16x3"):
         prec = "auto" if tool == "genmod" else tool.removeprefix("genmod-")
         return lambda q: pairwise_logsumexp(x[:q], y, h, precision=prec)
     if tool in ("genmod-bwd", "genmod-bwd-fused"):

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--precisions",
         action="store_true",
-        help="also time precision='ieee' and 'tf32' (CUDA; the default is 'tf32x3')",
+        help="also time precision='ieee', 'tf32' and 'fp16x3' (CUDA; the default is 'tf32x3')",
     )
     p.add_argument(
         "--max-seconds",

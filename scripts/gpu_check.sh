@@ -10,7 +10,7 @@
 #
 # Phases, in order (caps in seconds):
 #   1 pytest -m gpu (110)            the CUDA tests: compiled Triton kernels, sync counts
-#   2 bench (115)                    100k x 100k x 64: fwd in the three precisions, the three
+#   2 bench (115)                    100k x 100k x 64: fwd in the four precisions, the three
 #                                    gradient sets (grad x, y, h also with the one-pass
 #                                    GENMOD_TRITON_BWD=fused backward), KeOps, torch, the
 #                                    cuBLAS GEMM / exp floors;
@@ -95,6 +95,7 @@ else
     [[ $rc -eq 0 ]] || status=1
     echo "   pytest -m gpu: exit $rc at ${SECONDS} s" | tee -a "$OUT/phases.txt"
     tools=genmod,genmod-bwd,genmod-bwd-fused,genmod-bwd-h,genmod-bwd-yh,genmod-ieee,genmod-tf32
+    tools+=,genmod-fp16x3
     tools+=,keops,torch-naive,floor-gemm,floor-gemm-tf32,floor-exp
     # 100k then 1M (fwd, fwd+bwd (h), KeOps there): one section, rewritten after each size
     phase "bench 100k, 1M" 115 bench_cuda.log "${bench[@]}" --device cuda --precisions \

@@ -20,11 +20,13 @@ from genmod.ops.profiles import KERNELS
 
 __all__ = ["PRECISIONS", "triton_available", "triton_pairwise_lse"]
 
-PRECISIONS = ("ieee", "tf32x3", "tf32")
+PRECISIONS = ("ieee", "tf32x3", "tf32", "fp16x3")
 """Float32 product modes: full fp32 on the FMA units, split 3xTF32 on the tensor cores (both
 meet the accuracy bound of DESIGN.md; ``pairwise_logsumexp`` picks "tf32x3" for float32, see
-``tests/ops/test_refine.py``), and plain TF32 (about 11 significant bits in the dot product;
-opt-in only)."""
+``tests/ops/test_refine.py``), plain TF32 (about 11 significant bits in the dot product;
+opt-in only), and split 3xFP16 after a power-of-two scaling (``_triton_split``: TF32x3's
+accuracy at fp16's tensor-core rate, twice TF32's on Hopper; opt-in until measured on a GPU,
+forward only: the backward recomputes its scores with "tf32x3")."""
 
 MAX_DIM = 256
 """Largest data dimension D kept in one register tile; larger D is refused (ValueError) and
@@ -77,18 +79,25 @@ class _PairwiseLSE(torch.autograd.Function):
         m = y.shape[1]
         direct = dim <= DIRECT_MAX_DIM
         k, yy, cy, cx = _prepare(x, y, scale, log_weights, direct)
+        k_dot = k
+        if precision == "fp16x3" and not direct:
+            from genmod.ops._triton_split import split_coefficients
+
+            k_dot = split_coefficients(x, y, k)  # [k s^-2, s]: the operands' scaling folded in
         out = torch.empty(batch, n, dtype=x.dtype, device=x.device)
         lse = torch.empty_like(out)
         if batch * n > 0:
             launch(
                 lse_fwd_kernel, "fwd", precision, x, n, "BLOCK_N",
-                (x, y, cx, cy, k, exclude if exclude is not None else out, out, lse,
+                (x, y, cx, cy, k_dot, exclude if exclude is not None else out, out, lse,
                  n, m, dim, x.stride(0), x.stride(1), y.stride(0), y.stride(1)),
                 DIRECT=direct, DIM=dim, PROFILE=profile, HAS_EXCLUDE=exclude is not None,
                 PRECISION=precision,
             )  # fmt: skip
         ctx.save_for_backward(x, y, scale, yy, cy, lse, exclude)
-        ctx.precision = precision
+        # The backward kernels have no fp16x3: they recompute the scores at tf32x3's accuracy,
+        # which agrees with the forward's within the refinement's bound (tests/ops/test_refine.py).
+        ctx.precision = "tf32x3" if precision == "fp16x3" else precision
         ctx.direct = direct
         ctx.profile = profile
         return out
@@ -269,9 +278,12 @@ def triton_pairwise_lse(
         scale: Kernel standard deviation, a 0-d tensor > 0 (may require grad).
         log_weights: ``[B, M]`` log weights (zeros for none; may hold -inf; may require grad).
         exclude: Optional int64 ``[B, N]``: index of the y left out for each query, -1 for none.
-        precision: Float32 product mode: ``"ieee"`` (full fp32), ``"tf32x3"`` (split 3xTF32) or
-            ``"tf32"`` (fast, about 1e-3 relative error in the distances; opt-in). Float64
-            inputs always use full precision; the explicit-difference kernels use no product.
+        precision: Float32 product mode: ``"ieee"`` (full fp32), ``"tf32x3"`` (split 3xTF32),
+            ``"tf32"`` (fast, about 1e-3 relative error in the distances; opt-in) or
+            ``"fp16x3"`` (split 3xFP16 of the operands scaled by a power of two, about 2^-21
+            relative to ``|x| |y|`` like tf32x3; forward only, the backward uses tf32x3;
+            opt-in). Float64 inputs always use full precision; the explicit-difference
+            kernels use no product.
         kernel: one of :data:`genmod.ops.profiles.KERNELS` (``log k`` of ``|x - y| / scale``
             replaces the gaussian's ``-|x - y|^2 / (2 scale^2)``); other than the gaussian only
             at ``D <= 8``.

@@ -17,12 +17,6 @@ output element is written by exactly one program, so the result is deterministic
 of them are wanted, ``_triton_bwd_fused`` does both sides from one score pass per tile, with
 atomic row sums: opt-in, ``GENMOD_TRITON_BWD=fused``.)
 
-On the expanded path each tile adds ``x * rowsum_tile - P_tile Y_tile`` (and
-``P_tile^T X_tile - y * colsum_tile``) to the running sum rather than accumulating the raw
-products and subtracting ``x_i sum_j P_ij`` at the end: the accumulator then holds
-``sum_j P_ij (x_i - y_j)``, small where the neighbours of ``x_i`` surround it, so its float32
-additions over thousands of tiles round at that magnitude, not at ``|x_i| sum_j P_ij``.
-
 With ``DIRECT`` (``D = DIM <= 8``) the kernels form ``x_i - y_j`` per dimension, as the forward
 does: the scores from explicit differences, and the gradients as ``sum_j P_ij (x_i - y_j)``
 instead of ``x_i sum_j P_ij - sum_j P_ij y_j``, which cancels when the neighbours of ``x_i``
@@ -94,6 +88,7 @@ def lse_bwd_x_kernel(
         excl = tl.load(excl_ptr + b * N + offs_n, mask=mask_n, other=-1)
 
     y_base = y_ptr + b * stride_yb
+    row_sum = tl.zeros([BLOCK_N], dtype)
     row_d2 = tl.zeros([BLOCK_N], dtype)
     py = tl.zeros([BLOCK_N, BLOCK_D], dtype)
     for start in range(0, M, BLOCK_M):
@@ -117,6 +112,7 @@ def lse_bwd_x_kernel(
         if HAS_EXCLUDE:
             t = tl.where(offs_m[None, :] == excl[:, None], float("-inf"), t)
         p = tl.exp2(t)
+        row_sum += tl.sum(p, axis=1)
         if DIRECT and PROFILE != 0:  # q_ij = p_ij (-2 f'(r2_ij)); the gaussian's factor is 1
             p = p * neg2_dlog_profile(d2 * k_ln2, PROFILE)
         row_d2 += tl.sum(p * d2, axis=1)
@@ -129,13 +125,16 @@ def lse_bwd_x_kernel(
                     pd = tl.sum(p * (xd[:, None] - yd[None, :]), axis=1)
                     py += tl.where(offs_d[None, :] == d, pd[:, None], 0.0)
             else:
-                # py accumulates sum_j p_ij (x_i - y_j) here too, this tile's part formed first.
-                pyt = tl.dot(p.to(dtype), y, input_precision=PRECISION, out_dtype=dtype)
-                py += x * tl.sum(p, axis=1)[:, None] - pyt
+                py = tl.dot(p.to(dtype), tl.load(y_rows[:, None] + offs_d[None, :],
+                            mask=mask_m[:, None] & mask_d[None, :], other=0.0), py,
+                            input_precision=PRECISION, out_dtype=dtype)  # fmt: skip
 
     g = tl.load(g_ptr + b * N + offs_n, mask=mask_n, other=0.0)
     if NEED_GRAD:
-        gx = (-g * inv_s2)[:, None] * py
+        if DIRECT:
+            gx = (-g * inv_s2)[:, None] * py
+        else:
+            gx = (-g * inv_s2)[:, None] * (x * row_sum[:, None] - py)
         gx_ptrs = gx_ptr + b * stride_xb + offs_n[:, None].to(tl.int64) * stride_xn
         tl.store(gx_ptrs + offs_d[None, :], gx, mask=mask_x)
     tl.store(sd_ptr + b * N + offs_n, g * row_d2, mask=mask_n)
@@ -212,8 +211,7 @@ def lse_bwd_y_kernel(
             excl = tl.load(excl_ptr + b * N + offs_n, mask=mask_n, other=-1)
             t = tl.where(offs_m[:, None] == excl[None, :], float("-inf"), t)
         p = tl.exp2(t) * g[None, :]
-        c = tl.sum(p, axis=1)
-        col_sum += c
+        col_sum += tl.sum(p, axis=1)
         if NEED_GRAD:
             if DIRECT:
                 if PROFILE != 0:
@@ -225,12 +223,10 @@ def lse_bwd_y_kernel(
                     pd = tl.sum(p * (xd[None, :] - yd[:, None]), axis=1)
                     px += tl.where(offs_d[None, :] == d, pd[:, None], 0.0)
             else:
-                # px accumulates sum_i P_ij (x_i - y_j) here too, this tile's part formed first.
-                pxt = tl.dot(p.to(dtype), x, input_precision=PRECISION, out_dtype=dtype)
-                px += pxt - y * c[:, None]
+                px = tl.dot(p.to(dtype), x, px, input_precision=PRECISION, out_dtype=dtype)
 
     if NEED_GRAD:
-        gy = inv_s2 * px
+        gy = inv_s2 * px if DIRECT else inv_s2 * (px - y * col_sum[:, None])
         gy_ptrs = gy_ptr + b * stride_yb + offs_m[:, None].to(tl.int64) * stride_ym
         tl.store(gy_ptrs + offs_d[None, :], gy, mask=mask_y)
     tl.store(gw_ptr + b * M + offs_m, col_sum, mask=mask_m)

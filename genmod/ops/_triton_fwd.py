@@ -17,6 +17,11 @@ and the exponent is ``cy_j - (k / 2) ||x_i - y_j||^2`` with ``cy_j = log2(e) w_j
 ``cx_i = 0``: no cancellation, so each score is exact to a few float32 roundings of itself.
 The direct kernels also serve the other kernel profiles (``PROFILE``, see ``_triton_profiles``):
 the exponent is then ``cy_j + log2 k(|x_i - y_j| / s)``.
+
+``PRECISION`` is the product mode of ``tl.dot`` ("ieee", "tf32x3", "tf32"), or "fp16x3": the
+split-fp16 product of ``_triton_split``, for which ``k_ptr`` holds ``[k s^-2, s]`` (the dot
+coefficient with the scaling folded in, then the power of two ``s`` the operands are scaled
+by before the split).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import triton
 import triton.language as tl
 
 from genmod.ops._triton_profiles import direct_d2, log2_profile
+from genmod.ops._triton_split import dot_fp16x3, fp16_split
 
 __all__ = ["lse_fwd_kernel"]
 
@@ -73,6 +79,9 @@ def lse_fwd_kernel(
     if not DIRECT:
         x = tl.load(x_rows[:, None] + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :],
                     other=0.0)  # fmt: skip
+        if PRECISION == "fp16x3":  # x's split once per program, y's per tile
+            split_scale = tl.load(k_ptr + 1)
+            x_hi, x_lo = fp16_split(x, split_scale)
     k = tl.load(k_ptr)
     if HAS_EXCLUDE:
         excl = tl.load(excl_ptr + b * N + offs_n, mask=mask_n, other=-1)
@@ -96,8 +105,11 @@ def lse_fwd_kernel(
         else:
             y = tl.load(y_rows[:, None] + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
                         other=0.0)  # fmt: skip
-            t = cy[None, :] + k * tl.dot(x, tl.trans(y), input_precision=PRECISION,
-                                         out_dtype=dtype)  # fmt: skip
+            if PRECISION == "fp16x3":
+                xy = dot_fp16x3(x_hi, x_lo, y, split_scale)
+            else:
+                xy = tl.dot(x, tl.trans(y), input_precision=PRECISION, out_dtype=dtype)
+            t = cy[None, :] + k * xy
         if HAS_EXCLUDE:
             t = tl.where(offs_m[None, :] == excl[:, None], float("-inf"), t)
         m_new = tl.maximum(m_i, tl.max(t, axis=1))

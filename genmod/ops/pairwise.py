@@ -21,7 +21,7 @@ from genmod.ops.profiles import KERNELS
 __all__ = ["KERNELS", "pairwise_logsumexp"]
 
 BACKENDS = ("auto", "torch", "triton")
-PRECISIONS = ("auto", "ieee", "tf32x3", "tf32")
+PRECISIONS = ("auto", "ieee", "tf32x3", "tf32", "fp16x3")
 
 
 def _use_triton(backend: str, kernel: str, x: Tensor) -> bool:
@@ -80,8 +80,13 @@ def pairwise_logsumexp(
             ``"tf32x3"`` (split product, three TF32 tensor-core passes: its products err by
             about 2^-21 relative, comparable to the rounding of the scores to float32, and
             the refinement's estimate bounds its error as it does full float32's, so the
-            results meet the same 1e-4 bound), or ``"tf32"`` (faster, about 1e-3 relative
-            error in distances: opt-in only). The torch path always uses full precision.
+            results meet the same 1e-4 bound), ``"tf32"`` (faster, about 1e-3 relative
+            error in distances: opt-in only), or ``"fp16x3"`` (opt-in: x and y scaled by one
+            power of two into fp16's range, each split into two fp16 parts, three fp16
+            tensor-core products accumulated in float32; errs like tf32x3, which the same
+            estimate bounds, at twice TF32's tensor-core rate on Hopper; the forward only, its
+            backward recomputes with tf32x3). Only the expanded product (D > 8) uses it; the
+            torch path always uses full precision.
 
     Returns:
         ``[..., N]`` in nats, dtype of x.

@@ -175,6 +175,7 @@ def test_bad_input_names_the_argument(kwargs, match):
         (torch.float64, "auto", "ieee"),
         (torch.float32, "ieee", "ieee"),
         (torch.float32, "tf32", "tf32"),
+        (torch.float32, "fp16x3", "fp16x3"),  # opt-in: "auto" stays tf32x3
     ],
 )
 def test_triton_precision_default(monkeypatch, dtype, precision, expected):

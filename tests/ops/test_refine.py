@@ -99,6 +99,73 @@ def test_estimate_bounds_the_split_tf32_error(dim, scale, std):
             assert not within, (precision, (raw - ref).abs().max().item())
 
 
+def _fp16x3_product(x: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``s^2 x @ y.T`` as ``genmod.ops._triton_split.dot_fp16x3`` forms it: ``a s = hi +
+    2^-11 lo`` with ``hi``, ``lo`` rounded to fp16 (nearest even, as Triton's conversion),
+    the cross products scaled by 2^-11, then the leading product added, ``lo lo`` left out.
+    Products of two fp16 values are exact in float32 and the sums are float32 ones, as a
+    tensor core's fp32 accumulation (its order and rounding are not modelled)."""
+
+    def split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = a * s
+        hi = a.half().float()
+        return hi, ((a - hi) * 2048.0).half().float()
+
+    (xh, xl), (yh, yl) = split(x), split(y)
+    return (xh @ yl.T + xl @ yh.T) * 2.0**-11 + xh @ yh.T
+
+
+@pytest.mark.parametrize("dim", [16, 64, 128])
+@pytest.mark.parametrize(
+    ("std", "offset"), [(1e-3, 2e-3), (1.0, 0.5), (1e4, 3e4), ("mixed", 1.0)]
+)  # "mixed": per-dimension standard deviations from 1e-6 to 1e6 (fp16 subnormals)
+@pytest.mark.parametrize("rel_scale", [0.01, 0.1, 1.0])
+def test_estimate_bounds_the_split_fp16_error(dim, std, offset, rel_scale):
+    """precision="fp16x3" (opt-in): after ``_triton_split``'s power-of-two scaling the split
+    fp16 product errs like tf32x3's (about 2^-21 of ``|x| |y|``, components far below the
+    largest included), the refinement's estimate bounds the expansion's error, and the
+    refined rows meet the 1e-4 bound, for data of scale 1e-3 to 1e4 and dimensions whose
+    scales span 1e-6 to 1e6 (fp16 subnormals and components below its range after scaling)."""
+    pytest.importorskip("triton")
+    from genmod.ops._triton_split import split_coefficients
+
+    g = torch.Generator().manual_seed(dim)
+    sd = torch.logspace(-6, 6, dim) if std == "mixed" else torch.full((dim,), std)
+    scale = rel_scale * float(sd.max())
+    y = sd * torch.randn(1000, dim, generator=g) + offset
+    near = y[:60] + 0.3 * scale * torch.randn(60, dim, generator=g)
+    x = torch.cat([sd * torch.randn(60, dim, generator=g) + offset, near])
+    ref = brute_pairwise_logsumexp(x, y, scale)
+    centre = y.mean(0)
+    xc, yc = x - centre, y - centre
+    # The product alone, relative to |x_i| |y_j|.
+    k = torch.tensor([1.4426950408889634 / (scale * scale)])
+    k_dot, s = split_coefficients(xc, yc, k)
+    assert k_dot == torch.tensor(float(k) / float(s) ** 2)  # the fold is exact
+    exact = xc.double() @ yc.double().T
+    norms = xc.double().norm(dim=1)[:, None] * yc.double().norm(dim=1)
+    err = {
+        "fp16x3": (_fp16x3_product(xc, yc, s) / s**2).double(),
+        "tf32x3": _emulated_dot(xc, yc, "tf32x3").double(),
+    }
+    err = {p: ((v - exact).abs() / norms).max().item() for p, v in err.items()}
+    assert err["fp16x3"] <= 2.0**-20 and err["fp16x3"] <= 1.5 * err["tf32x3"], err
+    # The Triton forward's scores: t_ij = cy_j + (k s^-2) <x_i s, y_j s>.
+    cy = -0.5 * k * yc.square().sum(-1)
+    cx = -0.5 * k * xc.square().sum(-1)
+    t = (cy + k_dot * _fp16x3_product(xc, yc, s)).double()
+    ln2 = math.log(2.0)
+    raw = (cx.double() + torch.logsumexp(t * ln2, 1) / ln2) * ln2
+    scale_t = torch.tensor(scale)
+    est = _refine.error_estimate(raw[None].float(), xc[None], scale_t, None, 1000)[0]
+    slack = 1e-6 * ref.abs().clamp_min(1.0)
+    assert bool(((raw - ref).abs() <= est + slack).all()), (raw - ref).abs().max().item()
+    refined = _refine.refine_rows(
+        raw[None].float(), xc[None], yc[None], scale_t, None, None, "gaussian", (x[None], y[None])
+    )
+    assert nats_error(refined[0], ref) < 1e-4
+
+
 @pytest.mark.parametrize("dim", [1, 2, 8])
 def test_unweighted_direct_rows_never_flag_where_the_bound_says_so(dim: int) -> None:
     """``direct_rows_exact``: without weights the explicit differences' estimate flags no
