@@ -57,7 +57,7 @@ def cdiv(a: int, b: int) -> int:
 # sm_90 without a GPU (Triton 3.9 and its ptxas): the first of (64, 64, 8, 2), (32, 64, 8, 2),
 # (64, 32, 8, 2), (32, 32, 8, 2), (16, 64, 8, 2), (32, 32, 4, 2), (16, 32, 8, 2),
 # (16, 32, 4, 2), (16, 16, 4, 1) with no register spill, the least spill where all spill
-# (D = 256, and D = 128 in ieee). The brief's starting point, bwd_y's (64, 64, 4, 2), spills
+# (D = 256, and D = 128 in ieee). bwd_y's own tiles, (64, 64, 4, 2), would spill
 # 2240 bytes at tf32x3 D = 64. A GPU sweep should also try larger BLOCK_M despite some spill:
 # the kernel issues N * D * M / BLOCK_M atomic adds in all (1e10 at 100k x 100k x 64 with
 # BLOCK_M = 64), and (16, 128, 8, 2) halves that for 384 bytes of spill at tf32x3 D = 64.

@@ -102,20 +102,16 @@ def test_bandwidth_below_the_floor_is_held_in_training_and_reported_by_validatio
         kde.log_prob(DATA[:3])
 
 
+def _trainer(**kwargs) -> L.Trainer:
+    """A quiet one-epoch CPU trainer: no logger, checkpoint, progress bar or summary."""
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    return L.Trainer(max_epochs=1, enable_model_summary=False, accelerator="cpu", **quiet, **kwargs)
+
+
 def _fit_syncs(model: torch.nn.Module, steps: int, datamodule: L.LightningDataModule) -> list:
     """genmod's syncs in one ``fit`` of ``steps`` training steps (no validation)."""
     module = DensityModule(model, mean=datamodule.mean, scale=datamodule.scale)
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = _trainer(limit_train_batches=steps, limit_val_batches=0, num_sanity_val_steps=0)
     with CountSyncs() as mode:
         trainer.fit(module, datamodule=datamodule)
     assert module._trusted
@@ -147,14 +143,7 @@ def test_batches_of_other_loaders_are_checked() -> None:
     bad[7, 1] = math.inf
     loader = DataLoader(IndexedTensorDataset(bad), batch_size=32, collate_fn=collate_indexed)
     module = DensityModule(Gaussian(2))
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = _trainer()
     with pytest.raises(ValueError, match="x contains NaN or Inf"):
         trainer.fit(module, train_dataloaders=loader)
     assert not module._trusted
