@@ -26,6 +26,10 @@
 #   bench_*.log        each benchmark phase's log
 #   benchmarks.md      docs/benchmarks.md with its cuda, cuda-lowd and cuda-train sections
 #                      rewritten after every size: copy it over docs/benchmarks.md and commit
+# A second device call, when the budget allows (about 4 minutes): the tile sweep of the kernels
+# no GPU has timed yet (one-pass backward, fp16x3 forward, the low-D kernels), with the best
+# tiles per kernel printed for _TILES in genmod/ops/_triton_launch.py:
+#   device run: python scripts/sweep_tiles.py --out $OUT --budget 200      timeout_s 280
 # Without a CUDA device it is a dry run: the GPU tests are collected (imported and parsed), the
 # GPU training commands composed (hydra --cfg job), and tiny CPU versions of the benchmark and
 # of the training timings run; it exits 0 when all of that works.

@@ -123,8 +123,9 @@ def config(
         block_n, block_m, warps, stages = (64, 32, 4, 1) if block_d <= 128 else (32, 32, 4, 1)
     else:
         # fp16x3 (forward only) runs tf32x3's three products per tile, on operands half the
-        # size: tf32x3's tiles until a GPU sweep gives it its own.
-        table = _TILES[kernel]["tf32x3" if precision == "fp16x3" else precision]
+        # size: tf32x3's tiles until a GPU sweep (scripts/sweep_tiles.py) gives it its own.
+        tables = _TILES[kernel]
+        table = tables.get(precision) or tables["tf32x3" if precision == "fp16x3" else precision]
         block_n, block_m, warps, stages = table[block_d]
     return dict(
         BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, num_stages=stages

@@ -8,6 +8,7 @@ minutes on two shared cores, so it is ``slow``.
 from __future__ import annotations
 
 import faulthandler
+import importlib.util
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import _bench_targets as bt  # noqa: E402
@@ -143,3 +145,30 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     for section in ("cpu", "cpu-lowd", "cpu-train"):
         assert f"<!-- bench:{section}:begin -->" in doc
     assert "| kde 200k (2-D moons) |" in doc and "| lvm_digits, 3 epochs |" in doc
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the real sweep")
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_tile_sweep_dry_run(tmp_path: Path) -> None:
+    """scripts/sweep_tiles.py without CUDA: re-runs itself under the interpreter, sets each
+    candidate in the launcher's table, times the call that launches it, and writes every row
+    and the fastest per group to sweep.md; an unknown group is a one-line usage error."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sweep_tiles.py"), "--out", str(tmp_path),
+         "--groups", "fused,fp16x3,lowd-bwd_y"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (tmp_path / "sweep.md").read_text()
+    assert "dry run (Triton interpreter, CPU)" in text
+    assert text.count("| fused |") == 6 and text.count("| fp16x3 |") == 6
+    assert "failed" not in text
+    for line in ("- fused: bwd_fused tf32x3 (", "- fp16x3: fwd fp16x3 (", "- lowd-bwd_y: bwd_y"):
+        assert line in text
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sweep_tiles.py"), "--groups", "nope"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--groups: unknown ['nope']" in bad.stderr
