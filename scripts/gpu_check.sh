@@ -9,14 +9,14 @@
 #   device run: bash scripts/gpu_check.sh      carry [".whl"], timeout_s 450 (360 s of checks)
 #
 # Phases, in order (caps in seconds):
-#   1 pytest -m gpu (100)            the CUDA tests: compiled Triton kernels, sync counts (one
+#   1 pytest -m gpu (110)            the CUDA tests: compiled Triton kernels, sync counts (one
 #                                    line per test as it ends, so a cut-short run shows which)
-#   2 bench (130)                    100k x 100k x 64: fwd in the four precisions, the three
+#   2 bench (125)                    100k x 100k x 64: fwd in the four precisions, the three
 #                                    gradient sets (grad x, y, h also with the one-pass
 #                                    GENMOD_TRITON_BWD=fused backward), KeOps, torch, the
 #                                    cuBLAS GEMM / exp floors;
 #                                    then 1M x 1M x 64: fwd, fwd+bwd (h), KeOps, peak memory
-#   3 bench low-D (40)               256 x 160k x 2 at h = 0.04 (a KDE training step's shape)
+#   3 bench low-D (35)               256 x 160k x 2 at h = 0.04 (a KDE training step's shape)
 #                                    and 20k x 20k x {1, 2, 3}: the explicit-difference kernels
 #   4 training (what is left, ~90) genmod-train trainer=gpu data.n_samples=200000 (1 epoch,
 #                                    70 s at most) and experiment=lvm_digits trainer=gpu
@@ -29,7 +29,7 @@
 # A second device call, when the budget allows (about 4 minutes): the tile sweep of the kernels
 # no GPU has timed yet (one-pass backward, fp16x3 forward, the low-D kernels), with the best
 # tiles per kernel printed for _TILES in genmod/ops/_triton_launch.py:
-#   device run: python scripts/sweep_tiles.py --out $OUT --budget 200      timeout_s 280
+#   device run: python3 scripts/sweep_tiles.py --out $OUT --budget 200     timeout_s 280
 # Without a CUDA device it is a dry run: the GPU tests are collected (imported and parsed), the
 # GPU training commands composed (hydra --cfg job), and tiny CPU versions of the benchmark and
 # of the training timings run; it exits 0 when all of that works.
@@ -94,7 +94,7 @@ if ((DRY)); then
         --sizes 64x2000x2@0.04,500x500x3@0.2 --tools genmod,genmod-bwd-h || status=1
     phase "training (tiny, CPU)" 900 bench_train.log "${bench[@]}" --quick --train || status=1
 else
-    timeout "$(cap 100)" "$PY" -m pytest -v --tb=short -p no:cacheprovider -m gpu tests 2>&1 |
+    timeout "$(cap 110)" "$PY" -m pytest -v --tb=short -p no:cacheprovider -m gpu tests 2>&1 |
         tee "$OUT/pytest_gpu.log"
     rc=${PIPESTATUS[0]}
     [[ $rc -eq 0 ]] || status=1
@@ -103,9 +103,9 @@ else
     tools+=,genmod-fp16x3
     tools+=,keops,torch-naive,floor-gemm,floor-gemm-tf32,floor-exp
     # 100k then 1M (fwd, fwd+bwd (h), KeOps there): one section, rewritten after each size
-    phase "bench 100k, 1M" 130 bench_cuda.log "${bench[@]}" --device cuda --precisions \
+    phase "bench 100k, 1M" 125 bench_cuda.log "${bench[@]}" --device cuda --precisions \
         --tools "$tools" --max-seconds 20 --timeout 60 || status=1
-    phase "bench low-D" 40 bench_lowd.log "${bench[@]}" --device cuda --lowd \
+    phase "bench low-D" 35 bench_lowd.log "${bench[@]}" --device cuda --lowd \
         --max-seconds 20 --timeout 30 --tools genmod,genmod-bwd,genmod-bwd-h || status=1
     phase "training" 125 bench_train.log "${bench[@]}" --device cuda --train || status=1
 fi

@@ -1,7 +1,7 @@
 """Time the Triton kernels' tile configurations on a GPU and print the best per kernel.
 
-    python scripts/sweep_tiles.py --out DIR                 # the default sweep, ~4 minutes
-    python scripts/sweep_tiles.py --groups fused,fp16x3 --budget 120
+    python3 scripts/sweep_tiles.py --out DIR                # the default sweep, ~4 minutes
+    python3 scripts/sweep_tiles.py --groups fused,fp16x3 --budget 120
 
 Issue 13's second GPU call, after ``scripts/gpu_check.sh``: the defaults of ``_TILES`` in
 ``genmod/ops/_triton_launch.py`` for the kernels no GPU has timed yet (the one-pass backward
@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # genmod from this checkout (the GPU image has it uninstalled)
 
 # name: (table kernel, precision, N, M, D, h, candidates); the first candidate is the default.
 GROUPS: dict[str, tuple[str, str, int, int, int, float, list[tuple[int, int, int, int]]]] = {
@@ -77,6 +80,16 @@ def set_tiles(kernel: str, precision: str, dim: int, tiles: tuple[int, int, int,
         table = tl_launch._TILES[kernel].setdefault(precision, {})  # fp16x3: a table of its own
         table[block_d] = tiles
     tl_launch._FITTED.clear()
+
+
+def fitted(kernel: str) -> tuple[int, int, int, int] | None:
+    """The tiles the launcher last ran ``kernel`` with (it halves tiles that do not fit)."""
+    from genmod.ops import _triton_launch as tl_launch
+
+    for key, meta in tl_launch._FITTED.items():
+        if key[1] == kernel:
+            return meta["BLOCK_N"], meta["BLOCK_M"], meta["num_warps"], meta["num_stages"]
+    return None
 
 
 def operation(group: str, x: torch.Tensor, y: torch.Tensor, h: float, ex: torch.Tensor):
@@ -162,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             set_tiles(kernel, precision, d, tiles)
             try:
                 secs = time_call(operation(group, x, y, h, ex), device, 1 if dry else args.reps)
+                ran = None if dry else fitted(kernel)  # the interpreter ignores tiles
                 row, note = f"{secs * 1e3:.2f}", ""
-                if group not in best or secs < best[group][0]:
+                if ran is not None and ran != tiles:  # did not fit: timed with smaller tiles
+                    note = f"shrunk to {ran} (out of resources): not a candidate"
+                elif group not in best or secs < best[group][0]:
                     best[group] = (secs, tiles)
             except Exception as exc:  # a candidate that does not compile: say so, go on
                 row, note = "—", f"failed: {type(exc).__name__}: {str(exc)[:80]}"

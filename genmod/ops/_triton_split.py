@@ -50,7 +50,9 @@ def split_coefficients(x: Tensor, y: Tensor, k: Tensor) -> Tensor:
     data), clamped at -110 so that ``s`` stays finite. The folded coefficient is formed in
     float64: ``s^-2`` alone may leave float32's range although ``k s^-2`` does not.
     """
-    amax = torch.linalg.vector_norm(x.detach(), ord=float("inf"))
+    amax = x.new_zeros(())
+    if x.numel():
+        amax = torch.linalg.vector_norm(x.detach(), ord=float("inf"))
     if y.numel():
         amax = torch.maximum(amax, torch.linalg.vector_norm(y.detach(), ord=float("inf")))
     e = torch.frexp(amax).exponent.clamp_min(_MIN_EXP).double().reshape(1)

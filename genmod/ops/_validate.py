@@ -31,7 +31,9 @@ def trusted_inputs(trusted: bool = True) -> Iterator[None]:
     """Within the block, genmod skips the input checks that read values on the host.
 
     Inputs must then be finite, indices in range and scales above :func:`min_scale`, as
-    the checks would have ensured; what breaks the promise gives NaN, not an error. The
+    the checks would have ensured. What breaks the promise is not caught: NaN / Inf inputs
+    give NaN, and an out-of-range index gives wrong values or an ``IndexError`` (on CUDA a
+    device-side assert, which ends the process's use of the GPU). The
     training loop enters it for batches of its validated data, so a step makes no host
     synchronisation of genmod's own. Nests; ``trusted_inputs(False)`` restores checking.
 

@@ -199,9 +199,20 @@ class DensityModule(L.LightningModule):
         return loss if self.trains_by_gradient else None
 
     def on_train_epoch_end(self) -> None:
-        """A model without gradient training is complete after one epoch."""
+        """A model without gradient training is complete after one epoch. After a trusted
+        epoch (no per-step checks), one host read checks that every parameter is finite, so
+        a run that diverged stops with an error naming the parameter, validation or not."""
         if not self.trains_by_gradient:
             self.trainer.should_stop = True
+        elif self._trusted:
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
+            if not bool(finite.all()):
+                name = named[int((~finite).nonzero()[0, 0])][0]
+                raise ValueError(
+                    f"training diverged: parameter {name} holds NaN or Inf after epoch "
+                    f"{self.current_epoch}; lower the learning rate (optimizer.lr)"
+                )
 
     def _evaluate(self, split: str, x: Tensor) -> Tensor:
         """Per-example log-likelihoods of ``x`` in data units; accumulates ``split`` sums.

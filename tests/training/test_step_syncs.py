@@ -174,3 +174,28 @@ def test_trusted_training_step_never_syncs_cuda(name: str) -> None:
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
     limit = 1 if name == "kde_weighted" else 0  # weighted rows: refinement counts its rows
     assert len(syncs) <= limit, syncs
+
+
+def test_a_trusted_run_that_diverges_stops_with_an_error_naming_the_parameter() -> None:
+    """No per-step check sees a NaN bandwidth inside a trusted step; the epoch's end does,
+    even without validation."""
+    dm = DensityDataModule("moons", n_samples=500, batch_size=64)
+    dm.setup()
+    kde = KDE(dm.train_data, 0.3, learn_bandwidth=True)
+    with torch.no_grad():
+        kde.log_bandwidth.fill_(math.nan)
+    module = DensityModule(kde, mean=dm.mean, scale=dm.scale)
+    trainer = _trainer(limit_train_batches=2, limit_val_batches=0, num_sanity_val_steps=0)
+    with pytest.raises(ValueError, match="parameter log_bandwidth holds NaN or Inf after epoch 0"):
+        trainer.fit(module, datamodule=dm)
+    assert module._trusted
+
+
+def test_a_single_positive_weight_is_still_an_error_when_trusted() -> None:
+    """Leave-one-out of the row holding all the weight has no density: the same clear error
+    inside ``trusted_inputs`` (the positive rows are counted once, on the host)."""
+    weights = torch.zeros(600).index_fill(0, INDEX[:1], 1.0)
+    kde = KDE(DATA, 0.5, weights=weights, learn_bandwidth=True)
+    for trusted in (False, True):
+        with trusted_inputs(trusted), pytest.raises(ValueError, match="holds all of it"):
+            kde.training_loss(DATA[INDEX], INDEX)
