@@ -11,12 +11,11 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from genmod.data.datamodule import DensityDataModule
 from genmod.models.base import DensityModel
 from genmod.models.gaussian import Gaussian
 from genmod.models.io import CHECKPOINT_FORMAT, model_class_name
 from genmod.ops import trusted_inputs
-from genmod.training import _distributed
+from genmod.training import _distributed, _trust
 
 __all__ = ["DensityModule"]
 
@@ -165,23 +164,11 @@ class DensityModule(L.LightningModule):
         }
 
     # ------------------------------------------------------------------ steps
-    def _batches_trusted(self) -> bool:
-        """True when the training batches come from a :class:`DensityDataModule`, whose
-        setup checked every value (finite, within float32) and whose indices are rows of
-        ``train_data``, the set a KDE's reference rows are: the steps then skip the per-batch
-        checks that would synchronise a GPU with the host (``genmod.ops.trusted_inputs``)."""
-        trainer = self._trainer
-        dm = None if trainer is None else getattr(trainer, "datamodule", None)
-        if not isinstance(dm, DensityDataModule):
-            return False
-        n = getattr(self.model, "num_points", None)
-        return n is None or n == dm.train_data.shape[0]
-
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         """Training loss of a batch ``(x, index)``; logs ``train/nll`` in data units.
 
         Makes no host synchronisation of its own on batches from a
-        :class:`~genmod.data.DensityDataModule` (see :meth:`_batches_trusted`); a learned
+        :class:`~genmod.data.DensityDataModule` (see :mod:`genmod.training._trust`); a learned
         bandwidth that falls below its dtype's floor is held there and reported by the
         next validation."""
         x, index = batch
@@ -205,14 +192,7 @@ class DensityModule(L.LightningModule):
         if not self.trains_by_gradient:
             self.trainer.should_stop = True
         elif self._trusted:
-            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-            finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
-            if not bool(finite.all()):
-                name = named[int((~finite).nonzero()[0, 0])][0]
-                raise ValueError(
-                    f"training diverged: parameter {name} holds NaN or Inf after epoch "
-                    f"{self.current_epoch}; lower the learning rate (optimizer.lr)"
-                )
+            _trust.check_finite_parameters(self.model, self.current_epoch)
 
     def _evaluate(self, split: str, x: Tensor) -> Tensor:
         """Per-example log-likelihoods of ``x`` in data units; accumulates ``split`` sums.
@@ -346,7 +326,7 @@ class DensityModule(L.LightningModule):
         """Resume the random stream of the checkpoint (after Lightning's sanity check, which
         draws random numbers an uninterrupted run would not have drawn at this point), and
         decide once per fit whether training batches need per-step value checks."""
-        self._trusted = self._batches_trusted()
+        self._trusted = _trust.batches_trusted(self._trainer, self.model)
         rng, self._rng_state = self._rng_state, None
         if rng is None:
             return
