@@ -161,6 +161,11 @@ def targets(rows: list[dict], device: str) -> list[str]:
                 status = "info"
             err = "not measured" if e is None else f"{e:.1e}"
             lines.append(f"{status}  {tag} {LABELS[tool]} max rel. error {err} (<= {ACCURACY})")
+            ge = g.get(tool, {}).get("grad_err")  # the gradient in x, against float64 too
+            if ge is not None:
+                status = "PASS" if ge <= ACCURACY else "FAIL"
+                label = f"{LABELS[tool]} grad x max rel. error {ge:.1e}"
+                lines.append(f"{status}  {tag} {label} (<= {ACCURACY})")
     big = [g for (size, _), g in groups.items() if size == (1000000, 1000000, 64)]
     small = [g for (size, _), g in groups.items() if size == (100000, 100000, 64)]
     if device == "cuda" and big and small and "peak" in big[0].get("genmod", {}):

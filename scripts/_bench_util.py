@@ -312,7 +312,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         notes.append(f"grad h rel. err {abs(state['grad_h'] - g_ref) / abs(g_ref):.1e}")
     if "grad" in state:
         ref_grad = torch.tensor(ref["grad"]).view_as(state["grad"])
-        notes.append(f"grad x rel. err {rel_err(state['grad'], ref_grad):.1e}")
+        res["grad_err"] = rel_err(state["grad"], ref_grad)
+        notes.append(f"grad x rel. err {res['grad_err']:.1e}")
     return res
 
 
