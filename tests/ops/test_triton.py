@@ -14,12 +14,13 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.ops._interpret import run_as_script
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -118,13 +119,7 @@ def errors(spec: tuple, device: str) -> dict:
 
 
 def run_interpreted(cases: dict) -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, __file__, json.dumps(cases)],
-        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_as_script(__file__, json.dumps(cases))
 
 
 def check(res: dict, spec: tuple) -> None:

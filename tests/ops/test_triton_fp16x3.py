@@ -18,13 +18,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.ops._interpret import run_as_script
 from tests.ops.test_triton import HAS_TRITON, make_case, reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,13 +104,7 @@ def compile_sm90(precision: str, dim: int = 64) -> dict:
 
 def run_script(*args: str, **env_vars: str) -> dict:
     """This file run as a script (interpreted unless ``TRITON_INTERPRET="0"`` is given)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TRITON_INTERPRET="1") | env_vars
-    proc = subprocess.run(
-        [sys.executable, __file__, *args],
-        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_as_script(__file__, *args, **env_vars)
 
 
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")

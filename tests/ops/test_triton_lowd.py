@@ -15,12 +15,13 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.ops._interpret import run_as_script
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -166,13 +167,7 @@ def _brute_loo(y: torch.Tensor, ex: torch.Tensor, h: float) -> tuple[torch.Tenso
 
 
 def run_interpreted(request: dict) -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, __file__, json.dumps(request)],
-        capture_output=True, text=True, env=env, timeout=900, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_as_script(__file__, json.dumps(request), timeout=900)
 
 
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
